@@ -1,0 +1,2 @@
+"""rbr-rlhf: RLHF with Rule-Based Rewards."""
+__version__ = "0.1.0"

@@ -1,0 +1,36 @@
+"""The label oracle: human (or precomputed) proposition labels as probabilities."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .base import GradeItem, GraderError
+
+
+class LabelGrader:
+    """Reads ``propositions`` from items registered with ``add``; used for fits on labelled data."""
+
+    name = "labels"
+
+    def __init__(self) -> None:
+        self._labels: dict[GradeItem, dict] = {}
+
+    def add(self, item: GradeItem, labels: dict) -> None:
+        self._labels[item] = labels
+
+    def grade(self, items: Sequence[GradeItem], propositions: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(items), len(propositions)))
+        for i, item in enumerate(items):
+            labels = self._labels.get(item)
+            if labels is None:
+                raise GraderError("the labels grader needs rows that carry 'propositions' labels")
+            for j, p in enumerate(propositions):
+                if p not in labels:
+                    raise GraderError(f"row has no label for proposition {p!r}")
+                out[i, j] = float(labels[p])
+        return out
+
+    def describe(self) -> dict:
+        return {"kind": "labels"}

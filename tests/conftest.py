@@ -1,0 +1,33 @@
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+GOLD = SHARED_DATA / "rbr_gold"
+EXAMPLES = REPO / "docs" / "examples"
+
+# Keep torch from fighting the other test processes (and vLLM) for the machine's few cores.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def gold_dir() -> Path:
+    if not (GOLD / "train.jsonl").exists():
+        pytest.skip(f"shared data not found at {GOLD} (the project reads ../shared/data beside the checkout)")
+    return GOLD
+
+
+@pytest.fixture(scope="session")
+def default_rules():
+    from rbr_rlhf.rules import load_rules
+
+    return load_rules("default")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
