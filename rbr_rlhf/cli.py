@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "rbr_rlhf.rules.cli",      # rules check
     "rbr_rlhf.grader.cli",     # grader eval, grader train-classifier
     "rbr_rlhf.rbr.cli",        # grade, rbr fit
+    "rbr_rlhf.rm.cli",         # train-rm, eval-rm
+    "rbr_rlhf.pipeline.cli",   # build-rbr, classify-prompts
 ]
 
 

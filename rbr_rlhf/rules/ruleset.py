@@ -51,6 +51,10 @@ class Proposition:
     name: str
     question: str
     examples: tuple[Example, ...] = ()
+    # Imperative instructions for the synthetic-data writer: what a reply does when the proposition is
+    # true ("start with a short apology") and when it is false ("not apologise"). Optional.
+    writer_yes: str = ""
+    writer_no: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class RuleSet:
     response_types: Mapping[str, ResponseType]
     behavior_policy: Mapping[str, str]  # content category -> response type name
     extras: Mapping[str, Any] = field(default_factory=dict)
+    # Optional prose per category, used by the LLM prompt classifier (not part of the fingerprint).
+    category_descriptions: Mapping[str, str] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- identity
     def semantic_content(self) -> dict:
@@ -296,7 +302,14 @@ def build_ruleset(data: Mapping[str, Any], source: str = "<memory>") -> RuleSet:
                 continue
             examples.append(Example(tuple({"role": m.get("role", "user"), "content": m["content"]} for m in conv),
                                     ex["completion"], ans))
-        propositions[str(name)] = Proposition(str(name), question.strip(), tuple(examples))
+        writer = spec.get("writer") or {}
+        if isinstance(writer, Mapping):  # YAML 1.1 reads unquoted yes/no keys as booleans: accept both
+            writer = {("yes" if k is True else "no" if k is False else k): v for k, v in writer.items()}
+        if not isinstance(writer, Mapping) or not all(isinstance(writer.get(k, ""), str) for k in ("yes", "no")):
+            problems.append((f"{key}.writer", "must be a mapping {yes: instruction, no: instruction}"))
+            writer = {}
+        propositions[str(name)] = Proposition(str(name), question.strip(), tuple(examples),
+                                              writer.get("yes", ""), writer.get("no", ""))
 
     # -- derived propositions
     derived: dict[str, tuple[Literal, ...]] = {}
@@ -360,11 +373,17 @@ def build_ruleset(data: Mapping[str, Any], source: str = "<memory>") -> RuleSet:
 
     # -- behavior policy
     policy: dict[str, str] = {}
+    descriptions: dict[str, str] = {}
     raw_policy = data.get("behavior_policy") or {}
     if not isinstance(raw_policy, Mapping):
         problems.append(("behavior_policy", "must be a mapping of content category -> response type"))
         raw_policy = {}
     for cat, rt_name in raw_policy.items():
+        # A category maps to a response-type name, or to {response_type, description}.
+        if isinstance(rt_name, Mapping):
+            if "description" in rt_name:
+                descriptions[str(cat)] = str(rt_name["description"])
+            rt_name = rt_name.get("response_type")
         if rt_name not in response_types and rt_name not in raw_rts:
             problems.append((f"behavior_policy.{cat}", f"maps to undefined response type {rt_name!r} (defined: {list(raw_rts)})"))
         policy[str(cat)] = str(rt_name)
@@ -381,6 +400,7 @@ def build_ruleset(data: Mapping[str, Any], source: str = "<memory>") -> RuleSet:
         response_types=response_types,
         behavior_policy=policy,
         extras=dict(data.get("extras") or {}),
+        category_descriptions=descriptions,
     )
 
 

@@ -1,0 +1,1 @@
+"""The RBR data pipeline: prompts -> response types -> synthetic comparisons -> fitted RBR weights."""

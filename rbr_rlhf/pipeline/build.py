@@ -1,0 +1,293 @@
+"""``build-rbr``: from safety prompts to fitted RBR weights, as one resumable run.
+
+Stages (each caches its output in the run directory and resumes where it stopped):
+
+1. prompts      read the prompt set; give each prompt a content category (its own, or the prompt
+                classifier's) and so a response type                          -> prompts.jsonl
+2. generate     for every prompt and every completion class of its response type, ask the writer
+                model for a completion following a checklist derived from the class  -> candidates.jsonl
+3. grade        grade every candidate; keep it only if its class is the intended one; candidates that
+                missed are re-generated with a freshly sampled checklist, up to ``max_rounds``
+                                                                              -> graded.jsonl
+4. rm           score kept completions with the helpful reward model         -> rm_scores.jsonl
+5. dataset      the comparison set D_RBR and the SFT set of ideal completions -> comparisons.jsonl, sft.jsonl
+6. fit          hinge fit split by prompt, report, reward histograms          -> rbr_weights.json, report.*
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data import write_json, write_jsonl
+from ..grader.base import GradeItem
+from ..rbr.features import features_from_probs, grade_completions
+from ..rbr.fit import Comparison, FitConfig, fit_rbr
+from ..rbr.model import RBRWeights
+from ..rules.ruleset import RuleSet
+from .cache import append_cache, read_cache
+from .synth import class_checklist, writer_messages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildConfig:
+    prompts: str
+    out: str
+    grader: str
+    rm: str | None = None
+    rules: str = "default"
+    writer: str = "smollm2"
+    engine: str = "transformers"  # or "vllm"
+    prompt_classifier: str = "train"  # a directory, "train" (on prompts that have categories) or "llm"
+    limit_prompts: int | None = None
+    samples_per_class: int = 1
+    max_rounds: int = 2
+    temperature: float = 0.9
+    max_tokens: int = 96
+    batch_size: int = 16
+    seed: int = 0
+    fit: dict = field(default_factory=dict)  # FitConfig fields
+
+    def identity(self) -> dict:
+        """What must not change between a run and its resumption."""
+        keys = ("prompts", "grader", "rm", "writer", "samples_per_class", "temperature", "max_tokens", "seed", "limit_prompts")
+        return {k: getattr(self, k) for k in keys}
+
+
+class BuildRBR:
+    def __init__(self, cfg: BuildConfig, rules: RuleSet, force: bool = False):
+        self.cfg, self.rules = cfg, rules
+        self.dir = Path(cfg.out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._check_manifest(force)
+        self._grader = self._writer = None
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _check_manifest(self, force: bool) -> None:
+        manifest = {"rules_fingerprint": self.rules.fingerprint, **self.cfg.identity()}
+        path = self.dir / "manifest.json"
+        if path.exists() and not force:
+            old = json.loads(path.read_text())
+            changed = sorted(k for k in manifest if old.get(k) != manifest[k])
+            if changed:
+                raise ValueError(f"{self.dir} holds a build with different {changed}; use another --out, or --force "
+                                 "to reuse its cached stages anyway")
+        write_json(path, manifest)
+
+    @property
+    def grader(self):
+        if self._grader is None:
+            from ..grader.factory import build_grader
+
+            self._grader = build_grader(self.cfg.grader, self.rules)
+        return self._grader
+
+    def _timed(self, name: str, fn):
+        start = time.time()
+        result = fn()
+        self.timings[name] = self.timings.get(name, 0.0) + time.time() - start
+        return result
+
+    # ------------------------------------------------------------------ 1. prompts
+    def stage_prompts(self) -> list[dict]:
+        path = self.dir / "prompts.jsonl"
+        if path.exists():
+            return read_cache(path)
+        from .prompts import load_prompt_set
+
+        rows = load_prompt_set(self.cfg.prompts, limit=self.cfg.limit_prompts)
+        missing = [r for r in rows if r.get("category") is None]
+        if missing:
+            classifier = self._prompt_classifier(rows)
+            for r, cat in zip(missing, classifier.predict([r["conversation"] for r in missing])):
+                r["category"], r["category_source"] = cat, f"prompt_classifier:{classifier.kind}"
+        out = []
+        for r in rows:
+            rt = self.rules.find_response_type(str(r["category"]))
+            if rt is None:
+                log.info("prompt %s: category %r has no safety response type; skipped", r["prompt_id"], r["category"])
+                continue
+            out.append({**r, "response_type": rt.name})
+        write_jsonl(path, out)
+        return out
+
+    def _prompt_classifier(self, rows):
+        from .prompt_classifier import LLMPromptClassifier, TrainedPromptClassifier
+
+        spec = self.cfg.prompt_classifier
+        if spec == "llm":
+            return LLMPromptClassifier(self.rules, self.cfg.writer)
+        if spec == "train":
+            known = [r for r in rows if r.get("category") is not None]
+            if len(known) < 10:
+                raise ValueError("prompts without categories need a prompt classifier: pass --prompt-classifier DIR "
+                                 "or 'llm' (too few labelled prompts to train one)")
+            return TrainedPromptClassifier.train(self.rules, [r["conversation"] for r in known], [r["category"] for r in known])
+        return TrainedPromptClassifier.load(spec, self.rules)
+
+    # ------------------------------------------------------------------ 2+3. generate and grade, in rounds
+    def _key(self, pid: str, cls: str, round_: int, k: int) -> str:
+        return f"{pid}/{cls}/{round_}/{k}"
+
+    def _seed(self, key: str) -> int:
+        return int(hashlib.sha256(f"{self.cfg.seed}:{key}".encode()).hexdigest()[:8], 16)
+
+    def stage_generate_and_grade(self, prompts: list[dict]) -> list[dict]:
+        cand_path, graded_path = self.dir / "candidates.jsonl", self.dir / "graded.jsonl"
+        candidates = {c["key"]: c for c in read_cache(cand_path)}
+        graded = {g["key"]: g for g in read_cache(graded_path)}
+        by_id = {p["prompt_id"]: p for p in prompts}
+        for round_ in range(self.cfg.max_rounds):
+            kept = Counter((g["prompt_id"], g["intended_class"]) for g in graded.values() if g["kept"])
+            todo = []
+            for p in prompts:
+                for cls in self.rules.response_types[p["response_type"]].class_names:
+                    have = kept[(p["prompt_id"], cls)]
+                    for k in range(have, self.cfg.samples_per_class):
+                        key = self._key(p["prompt_id"], cls, round_, k)
+                        if key not in candidates:
+                            todo.append((p, cls, key))
+            self._generate(todo, candidates, cand_path, round_)
+            ungraded = [c for c in candidates.values() if c["key"] not in graded]
+            self._grade(ungraded, by_id, graded, graded_path)
+        return list(graded.values())
+
+    def _generate(self, todo, candidates, path, round_) -> None:
+        if not todo:
+            return
+        from .writer import make_writer
+
+        if self._writer is None:
+            self._writer = make_writer(self.cfg.engine, self.cfg.writer)
+        bs = self.cfg.batch_size
+        with tqdm(total=len(todo), desc=f"generate (round {round_ + 1})", unit="completion", file=sys.stderr) as bar:
+            for s in range(0, len(todo), bs):
+                batch = todo[s:s + bs]
+                checklists = [class_checklist(self.rules, p["response_type"], cls, random.Random(self._seed(key)))
+                              for p, cls, key in batch]
+                messages = [writer_messages(self.rules, p["conversation"], cl) for (p, _, _), cl in zip(batch, checklists)]
+                texts = self._timed("generate", lambda: self._writer.generate(
+                    messages, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, seed=self._seed(batch[0][2])))
+                rows = [{"key": key, "prompt_id": p["prompt_id"], "intended_class": cls, "round": round_,
+                         "checklist": cl, "completion": text.strip()}
+                        for (p, cls, key), cl, text in zip(batch, checklists, texts)]
+                append_cache(path, rows)
+                candidates.update({r["key"]: r for r in rows})
+                bar.update(len(batch))
+
+    def _grade(self, ungraded, by_id, graded, path) -> None:
+        if not ungraded:
+            return
+        bs = max(self.cfg.batch_size, 32)
+        with tqdm(total=len(ungraded), desc="grade", unit="completion", file=sys.stderr) as bar:
+            for s in range(0, len(ungraded), bs):
+                batch = ungraded[s:s + bs]
+                prompts = [by_id[c["prompt_id"]] for c in batch]
+                items = [GradeItem(tuple(p["conversation"]), c["completion"]) for p, c in zip(prompts, batch)]
+                result = self._timed("grade", lambda: grade_completions(self.rules, self.grader, items,
+                                                                        [p["response_type"] for p in prompts]))
+                rows = []
+                for c, p, g in zip(batch, prompts, result):
+                    labels = {k: v >= 0.5 for k, v in g.proposition_probs.items()}
+                    classes = self.rules.classes_of(labels, p["response_type"])
+                    got = classes[0] if len(classes) == 1 else None
+                    rows.append({"key": c["key"], "prompt_id": c["prompt_id"], "intended_class": c["intended_class"],
+                                 "graded_class": got, "kept": got == c["intended_class"] and bool(c["completion"]),
+                                 "proposition_probs": g.proposition_probs})
+                append_cache(path, rows)
+                graded.update({r["key"]: r for r in rows})
+                bar.update(len(batch))
+
+    # ------------------------------------------------------------------ 4. reward model
+    def stage_rm(self, kept: list[dict], candidates: dict, by_id: dict) -> dict[str, float]:
+        if not self.cfg.rm:
+            return {}
+        path = self.dir / "rm_scores.jsonl"
+        scores = {r["key"]: r["rm_score"] for r in read_cache(path)}
+        todo = [g for g in kept if g["key"] not in scores]
+        if todo:
+            from ..rm.model import RewardModel
+
+            rm = RewardModel(self.cfg.rm)
+            bs = 64
+            with tqdm(total=len(todo), desc="reward model", unit="completion", file=sys.stderr) as bar:
+                for s in range(0, len(todo), bs):
+                    batch = todo[s:s + bs]
+                    vals = self._timed("rm", lambda: rm.score([by_id[g["prompt_id"]]["conversation"] for g in batch],
+                                                               [candidates[g["key"]]["completion"] for g in batch]))
+                    rows = [{"key": g["key"], "rm_score": float(v)} for g, v in zip(batch, vals)]
+                    append_cache(path, rows)
+                    scores.update({r["key"]: r["rm_score"] for r in rows})
+                    bar.update(len(batch))
+        return scores
+
+    # ------------------------------------------------------------------ the whole run
+    def run(self) -> dict:
+        prompts = self._timed("prompts", self.stage_prompts)
+        by_id = {p["prompt_id"]: p for p in prompts}
+        graded = self.stage_generate_and_grade(prompts)
+        candidates = {c["key"]: c for c in read_cache(self.dir / "candidates.jsonl")}
+        kept = [g for g in graded if g["kept"]]
+        rm_scores = self.stage_rm(kept, candidates, by_id)
+
+        comparisons = []
+        for g in kept:
+            p, c = by_id[g["prompt_id"]], candidates[g["key"]]
+            row = {"prompt_id": g["prompt_id"], "conversation": p["conversation"], "category": p["category"],
+                   "response_type": p["response_type"], "completion": c["completion"],
+                   "completion_class": g["intended_class"], "proposition_probs": g["proposition_probs"]}
+            if self.cfg.rm:
+                row["rm_score"] = rm_scores[g["key"]]
+            comparisons.append(row)
+        write_jsonl(self.dir / "comparisons.jsonl", comparisons)
+        sft = [{"prompt_id": r["prompt_id"], "messages": list(r["conversation"]) + [{"role": "assistant", "content": r["completion"]}]}
+               for r in comparisons if r["completion_class"] == self.rules.response_types[r["response_type"]].ideal]
+        write_jsonl(self.dir / "sft.jsonl", sft)
+        report = self._fit_and_report(prompts, graded, comparisons)
+        return report
+
+    def _fit_and_report(self, prompts, graded, comparisons) -> dict:
+        from .report import write_report
+
+        fit_cfg = FitConfig(**{**{"seed": self.cfg.seed}, **self.cfg.fit})
+        comps = [Comparison(r["prompt_id"], r["response_type"], r["completion_class"],
+                            features_from_probs(self.rules, r["response_type"], r["proposition_probs"]),
+                            float(r.get("rm_score", 0.0))) for r in comparisons]
+        has_rm = bool(self.cfg.rm)
+        weights, metrics = fit_rbr(self.rules, comps, fit_cfg, has_rm) if comps else ({}, {})
+        rbr = RBRWeights(self.rules.fingerprint, weights, self.cfg.rm, metrics, {"build": asdict(self.cfg)})
+        rbr.save(self.dir / "rbr_weights.json")
+
+        attempts, kept_n = Counter(), Counter()
+        rt_of = {p["prompt_id"]: p["response_type"] for p in prompts}
+        for g in graded:
+            key = (rt_of[g["prompt_id"]], g["intended_class"])
+            attempts[key] += 1
+            kept_n[key] += g["kept"]
+        slots = Counter()
+        for p in prompts:
+            for cls in self.rules.response_types[p["response_type"]].class_names:
+                slots[(p["response_type"], cls)] += self.cfg.samples_per_class
+        yields = {f"{rt}/{cls}": {"wanted": slots[(rt, cls)], "attempts": attempts[(rt, cls)], "kept": kept_n[(rt, cls)],
+                                  "yield": (kept_n[(rt, cls)] / attempts[(rt, cls)]) if attempts[(rt, cls)] else None}
+                  for rt, cls in sorted(slots)}
+        report = {"prompts": len(prompts), "response_types": dict(Counter(p["response_type"] for p in prompts)),
+                  "candidates": len(graded), "kept": len(comparisons), "yield": yields,
+                  "failed_completion_types": sorted(k for k, v in yields.items() if v["kept"] == 0),
+                  "fit": metrics, "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+                  "config": asdict(self.cfg), "rules_fingerprint": self.rules.fingerprint}
+        write_report(self.dir, self.rules, report, comparisons, rbr)
+        return report
