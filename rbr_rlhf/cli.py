@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "rbr_rlhf.rbr.cli",        # grade, rbr fit
     "rbr_rlhf.rm.cli",         # train-rm, eval-rm
     "rbr_rlhf.pipeline.cli",   # build-rbr, classify-prompts
+    "rbr_rlhf.rollout.cli",    # serve-rollout
 ]
 
 

@@ -1,0 +1,111 @@
+"""The PPO reward: R = R_rm + w * R_rbr on safety prompts, R = R_rm elsewhere.
+
+R_rm comes from the helpful reward model; R_rbr from the grader service (or an in-process grader for
+tests), which also returns each completion's class probabilities, logged per response type. A grader
+failure raises: a missing RBR term is never replaced by zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..rules.ruleset import RuleSet
+
+
+class RBRScorer(Protocol):
+    def score(self, items: list[dict]) -> list[dict]: ...
+
+
+class LocalRBR:
+    """In-process RBR scoring with the service's response layout (for tests and single-process runs)."""
+
+    def __init__(self, rules: RuleSet, grader, weights):
+        self.rules, self.grader, self.weights = rules, grader, weights
+
+    def score(self, items: list[dict]) -> list[dict]:
+        from ..grader.base import GradeItem
+        from ..rbr.features import grade_completions
+
+        out: list[dict] = [{"rbr_applies": False, "r_rbr": None} for _ in items]
+        idx = [i for i, it in enumerate(items) if self.rules.find_response_type(it["category"]) is not None]
+        graded = grade_completions(self.rules, self.grader,
+                                   [GradeItem(tuple(items[i]["conversation"]), items[i]["completion"]) for i in idx],
+                                   [items[i]["category"] for i in idx])
+        for i, g in zip(idx, graded):
+            out[i] = {"rbr_applies": True, "response_type": g.response_type, "r_rbr": self.weights.reward(self.rules, g),
+                      "class_probs": g.class_probs, "proposition_probs": g.proposition_probs}
+        return out
+
+
+@dataclass
+class RunningMoments:
+    """Running mean/std of sequence rewards (Welford), for optional reward normalisation."""
+
+    count: float = 1e-4
+    mean: float = 0.0
+    var: float = 1.0
+
+    def update(self, x: np.ndarray) -> None:
+        n, m, v = len(x), float(np.mean(x)), float(np.var(x))
+        delta, total = m - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + v * n + delta ** 2 * self.count * n / total) / total
+        self.count = total
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.count, self.mean, self.var = s["count"], s["mean"], s["var"]
+
+
+@dataclass
+class ScoredBatch:
+    r_rm: np.ndarray
+    r_rbr: np.ndarray          # nan where the RBR does not apply
+    total: np.ndarray
+    response_types: list[str | None]
+    top_classes: list[str | None]
+    refused: list[bool | None]  # for comply prompts: did the completion refuse?
+    extras: list[dict] = field(default_factory=list)
+
+
+class RewardFunction:
+    def __init__(self, rules: RuleSet, reward_model, rbr: RBRScorer | None, rbr_weight: float = 1.0,
+                 benign_categories: Sequence[str] = ("None",), normalize: bool = False, clip: float | None = None):
+        self.rules, self.rm, self.rbr = rules, reward_model, rbr
+        self.rbr_weight, self.benign = rbr_weight, set(benign_categories)
+        self.normalize, self.clip = normalize, clip
+        self.moments = RunningMoments()
+
+    def is_safety_prompt(self, category: str | None) -> bool:
+        return category is not None and category not in self.benign and self.rules.find_response_type(category) is not None
+
+    def __call__(self, conversations: list, completions: list[str], categories: list[str | None]) -> ScoredBatch:
+        r_rm = np.asarray(self.rm.score(conversations, completions), dtype=np.float64)
+        r_rbr = np.full(len(completions), math.nan)
+        rts, classes, refused, extras = [None] * len(completions), [None] * len(completions), [None] * len(completions), [{}] * len(completions)
+        safety = [i for i, c in enumerate(categories) if self.is_safety_prompt(c)]
+        if self.rbr is not None and safety:
+            results = self.rbr.score([{"conversation": conversations[i], "completion": completions[i],
+                                       "category": categories[i]} for i in safety])
+            for i, res in zip(safety, results):
+                if not res.get("rbr_applies") or res.get("r_rbr") is None:
+                    raise RuntimeError(f"the RBR scorer returned no R_rbr for a safety prompt (category {categories[i]!r})")
+                r_rbr[i] = float(res["r_rbr"])
+                rts[i] = res["response_type"]
+                classes[i] = max(res["class_probs"], key=res["class_probs"].get)
+                if rts[i] == "comply" and "inability_to_comply" in res.get("proposition_probs", {}):
+                    refused[i] = res["proposition_probs"]["inability_to_comply"] >= 0.5
+                extras[i] = res
+        total = r_rm + self.rbr_weight * np.nan_to_num(r_rbr, nan=0.0)
+        if self.normalize:
+            self.moments.update(total)
+            total = (total - self.moments.mean) / math.sqrt(self.moments.var + 1e-8)
+        if self.clip is not None:
+            total = np.clip(total, -self.clip, self.clip)
+        return ScoredBatch(r_rm, r_rbr, total, rts, classes, refused, extras)

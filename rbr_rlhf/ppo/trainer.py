@@ -1,0 +1,421 @@
+"""RBR-PPO with DeepSpeed: the main job.
+
+One step (rank 0 drives rollouts and scoring; every rank trains on its shard):
+
+  1. prompts      next batch from the mixed safety/benign prompt stream (resumable position)
+  2. rollout      the rollout engine samples completions with per-token log-probabilities
+  3. score        R = R_rm + w * R_rbr (safety prompts) or R_rm (benign), via RM and grader service
+  4. passes       log pi (trainer), log pi_ref, V, on the same tokens; the engine/trainer logprob gap
+  5. advantages   KL-penalised per-token rewards, GAE, whitening
+  6. update       PPO epochs over minibatches: clipped surrogate (+ entropy), clipped value loss
+  7. sync         merged policy weights to the rollout engine (a new weight version)
+  8. log, checkpoint
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import write_json
+from . import checkpoint as ckpt
+from .batch import critic_forward, pack, policy_forward
+from .config import TrainConfig, to_yaml
+from .core import AdaptiveKLController, FixedKLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
+
+log = logging.getLogger(__name__)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank_and_world() -> tuple[int, int]:
+    d = _dist()
+    return (d.get_rank(), d.get_world_size()) if d else (0, 1)
+
+
+def init_distributed() -> None:
+    """DeepSpeed's process group: NCCL on GPUs, gloo on CPU. Works with the deepspeed launcher, torchrun,
+    or a plain single process (rank 0 of 1)."""
+    import deepspeed
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def step_seed(seed: int, step: int, what: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{step}:{what}".encode()).hexdigest()[:8], 16)
+
+
+class PromptStream:
+    """Mixed safety/benign prompts in a seeded order that reshuffles each epoch; its position is state."""
+
+    def __init__(self, rows: list[dict], seed: int):
+        if not rows:
+            raise ValueError("no training prompts")
+        self.rows, self.seed = rows, seed
+        self.epoch, self.offset = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self):
+        return np.random.default_rng(self.seed + self.epoch).permutation(len(self.rows))
+
+    def next(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n:
+            if self.offset >= len(self.rows):
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self.rows[self._order[self.offset]])
+            self.offset += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.offset = s["epoch"], s["offset"]
+        self._order = self._permutation()
+
+
+def _ds_config(cfg: TrainConfig, micro_batch: int) -> dict:
+    zero = {"stage": cfg.deepspeed.zero_stage}
+    if cfg.deepspeed.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg.deepspeed.offload_param and cfg.deepspeed.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
+            "gradient_clipping": cfg.ppo.max_grad_norm, "zero_optimization": zero, "steps_per_print": 10 ** 9,
+            "wall_clock_breakdown": False}
+
+
+def _warmup(warmup_steps: int):
+    return lambda s: min(1.0, (s + 1) / max(1, warmup_steps))
+
+
+def _encode_rng(state: dict) -> dict:
+    """RNG states as JSON (no pickles in checkpoints: they load with json, not torch.load)."""
+    py = state["python"]
+    np_state = state["numpy"]
+    return {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "torch": base64.b64encode(state["torch"].numpy().tobytes()).decode()}
+
+
+def _decode_rng(d: dict) -> dict:
+    return {"python": (d["python"][0], tuple(d["python"][1]), d["python"][2]),
+            "numpy": (d["numpy"][0], np.array(d["numpy"][1], dtype=np.uint32), *d["numpy"][2:]),
+            "torch": torch.frombuffer(bytearray(base64.b64decode(d["torch"])), dtype=torch.uint8).clone()}
+
+
+class PPOTrainer:
+    def __init__(self, cfg: TrainConfig, rules, engine, reward_fn, prompts: list[dict], tokenizer, policy_path: str,
+                 reward_model_path: str | None, rbr_weights_fingerprint: str | None = None):
+        import deepspeed
+
+        from .models import ReferencePolicy, load_critic, load_policy
+
+        self.cfg, self.rules, self.engine, self.reward_fn = cfg, rules, engine, reward_fn
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.rank, self.world = rank_and_world()
+        self.run_dir = Path(cfg.run_dir)
+        self.identity = {"rules_fingerprint": rules.fingerprint, "policy": policy_path,
+                         "reward_model": reward_model_path, "rbr_weights": rbr_weights_fingerprint}
+        torch.manual_seed(cfg.seed)
+        n_samples = cfg.ppo.prompts_per_step * cfg.rollout.samples_per_prompt
+        if n_samples % self.world or (n_samples // self.world) % cfg.ppo.minibatch_size:
+            raise ValueError(f"prompts_per_step x samples_per_prompt ({n_samples}) must split evenly into "
+                             f"{self.world} ranks x minibatches of {cfg.ppo.minibatch_size}")
+
+        policy = load_policy(policy_path, cfg.policy.lora)
+        self.ref = ReferencePolicy(policy, cfg.policy.lora.enabled)
+        critic = load_critic(policy_path, cfg.critic.init, reward_model_path, cfg.critic.lora)
+        ds_cfg = _ds_config(cfg, cfg.ppo.minibatch_size)
+
+        def engine_for(model, lr):
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=lr)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup(cfg.ppo.warmup_steps))
+            eng, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
+            return eng
+
+        self.actor = engine_for(policy, cfg.ppo.lr)
+        self.critic = engine_for(critic, cfg.ppo.critic_lr)
+        kl = cfg.ppo.kl
+        self.kl_ctl = (AdaptiveKLController(kl.init, kl.target, kl.horizon) if kl.type == "adaptive"
+                       else FixedKLController(kl.init))
+        self.prompts = PromptStream(prompts, cfg.seed)
+        self.step = 0
+        self.weight_version = 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.tb = None
+
+    # ------------------------------------------------------------------ setup helpers
+    def start_logging(self) -> None:
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        if self.cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if self.cfg.logging.wandb:
+            import wandb
+
+            wandb.init(project=self.cfg.logging.wandb_project, name=self.cfg.name, config=asdict(self.cfg))
+
+    # ------------------------------------------------------------------ 2-3. rollout and scoring (rank 0)
+    def _rollout_and_score(self, rows: list[dict]) -> dict:
+        timings = {}
+        t = time.time()
+        n = self.cfg.rollout.samples_per_prompt
+        gens = self.engine.generate([r["conversation"] for r in rows], n=n, temperature=self.cfg.rollout.temperature,
+                                    top_p=self.cfg.rollout.top_p, max_tokens=self.cfg.rollout.max_tokens,
+                                    seed=step_seed(self.cfg.seed, self.step, "rollout"))
+        timings["rollout"] = time.time() - t
+        expanded = [r for r in rows for _ in range(n)]
+        t = time.time()
+        scored = self.reward_fn([r["conversation"] for r in expanded], [g.text for g in gens],
+                                [r.get("category") for r in expanded])
+        timings["scoring"] = time.time() - t
+        return {"prompt_ids": [g.prompt_token_ids for g in gens], "response_ids": [g.token_ids for g in gens],
+                "engine_logprobs": [g.logprobs for g in gens], "texts": [g.text for g in gens],
+                "categories": [r.get("category") for r in expanded], "scores": scored.total.tolist(),
+                "r_rm": scored.r_rm.tolist(), "r_rbr": [None if math.isnan(x) else x for x in scored.r_rbr],
+                "response_types": scored.response_types, "top_classes": scored.top_classes,
+                "refused": scored.refused, "timings": timings}
+
+    def _broadcast(self, obj):
+        d = _dist()
+        if d is None or self.world == 1:
+            return obj
+        box = [obj]
+        d.broadcast_object_list(box, src=0)
+        return box[0]
+
+    # ------------------------------------------------------------------ one PPO step
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        rows = self.prompts.next(cfg.ppo.prompts_per_step)
+        rollout = self._rollout_and_score(rows) if self.rank == 0 else None
+        rollout = self._broadcast(rollout)
+        timings = dict(rollout["timings"])
+        shard = list(range(self.rank, len(rollout["texts"]), self.world))
+        # Responses with no tokens cannot be trained on; give them one EOS token (the engine ended at once).
+        resp = [rollout["response_ids"][i] or [self.tokenizer.eos_token_id] for i in shard]
+        batch = pack([rollout["prompt_ids"][i] for i in shard], resp, self.pad_id)
+        scores = torch.tensor([rollout["scores"][i] for i in shard], dtype=torch.float32)
+
+        # 4. log pi_old, log pi_ref, V_old on exactly the sampled tokens
+        t = time.time()
+        with torch.no_grad():
+            self.actor.eval()
+            self.critic.eval()
+            old_logprobs = self._chunked(lambda b: policy_forward(self.actor, b), batch)
+            with self.ref.context(self.actor.module):
+                ref_logprobs = self._chunked(lambda b: policy_forward(self.ref.model(self.actor.module), b), batch)
+            old_values = self._chunked(lambda b: critic_forward(self.critic, b), batch)
+        timings["ref_critic_passes"] = time.time() - t
+        mask = batch.resp_mask
+        engine_lp = torch.zeros_like(old_logprobs)
+        for k, i in enumerate(shard):
+            lp = rollout["engine_logprobs"][i] or []
+            engine_lp[k, : len(lp)] = torch.tensor(lp[: engine_lp.shape[1]], dtype=torch.float32)
+        logprob_gap = masked_mean((engine_lp - old_logprobs).abs(), mask).item()
+
+        # 5. rewards, GAE, whitening
+        rewards, kl = per_token_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value)
+        advantages, returns = gae(old_values, rewards, mask, cfg.ppo.gamma, cfg.ppo.lam)
+        if cfg.ppo.whiten_advantages:
+            advantages = whiten(advantages, mask)
+
+        # 6. PPO epochs over minibatches
+        t = time.time()
+        self.actor.train()
+        self.critic.train()
+        stats = defaultdict(list)
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, "minibatches"))
+        n = len(shard)
+        for _ in range(cfg.ppo.epochs):
+            order = torch.randperm(n, generator=gen)
+            for s in range(0, n, cfg.ppo.minibatch_size):
+                idx = order[s:s + cfg.ppo.minibatch_size]
+                mb = batch.select(idx)
+                new_logprobs, entropy = policy_forward(self.actor, mb, with_entropy=True)
+                pg_loss, pg_stats = policy_loss(new_logprobs, old_logprobs[idx], advantages[idx], mb.resp_mask, cfg.ppo.clip_range)
+                ent = masked_mean(entropy, mb.resp_mask)
+                loss = pg_loss - cfg.ppo.ent_coef * ent
+                self.actor.backward(loss)
+                self.actor.step()
+                values = critic_forward(self.critic, mb)
+                vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], mb.resp_mask, cfg.ppo.clip_range_value)
+                self.critic.backward(cfg.ppo.vf_coef * vf_loss)
+                self.critic.step()
+                for k, v in {**pg_stats, **vf_stats, "policy/loss": pg_loss.item(), "value/loss": vf_loss.item(),
+                             "policy/entropy": ent.item()}.items():
+                    stats[k].append(v)
+        timings["training"] = time.time() - t
+
+        mean_kl = masked_mean(kl, mask).item()
+        seq_kl = (kl * mask).sum(1).mean().item()
+        self.kl_ctl.update(self._allreduce_mean(seq_kl), cfg.ppo.prompts_per_step * cfg.rollout.samples_per_prompt)
+
+        # 7. weight sync
+        t = time.time()
+        self.sync_weights()
+        timings["weight_sync"] = time.time() - t
+        self.step += 1
+        return self._metrics(rollout, stats, mean_kl, seq_kl, logprob_gap, timings)
+
+    def _chunked(self, fn, batch, size: int | None = None):
+        size = size or self.cfg.ppo.minibatch_size
+        n = batch.input_ids.shape[0]
+        return torch.cat([fn(batch.select(torch.arange(s, min(s + size, n)))) for s in range(0, n, size)])
+
+    def _allreduce_mean(self, x: float) -> float:
+        d = _dist()
+        if d is None or self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        d.all_reduce(t)
+        return (t / self.world).item()
+
+    def sync_weights(self) -> None:
+        """Push merged policy weights to the rollout engine (rank 0); every rank learns the new version."""
+        from .models import merged_policy_state_dict
+
+        module = self.actor.module
+        if self.cfg.deepspeed.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = merged_policy_state_dict(module) if self.rank == 0 else None
+        else:
+            state = merged_policy_state_dict(module) if self.rank == 0 else None
+        version = self.engine.update_weights(state) if self.rank == 0 else None
+        self.weight_version = self._broadcast(version)
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics(self, rollout, stats, mean_kl, seq_kl, logprob_gap, timings) -> dict:
+        r_rbr = [x for x in rollout["r_rbr"] if x is not None]
+        m = {"step": self.step, "reward/total": float(np.mean(rollout["scores"])), "reward/rm": float(np.mean(rollout["r_rm"])),
+             "reward/rbr": float(np.mean(r_rbr)) if r_rbr else None, "reward/rbr_fraction": len(r_rbr) / len(rollout["r_rbr"]),
+             "kl/token_mean": mean_kl, "kl/sequence_mean": seq_kl, "kl/coef": self.kl_ctl.value,
+             "logprob_gap/engine_vs_trainer": logprob_gap, "rollout/response_tokens": float(np.mean([len(r) for r in rollout["response_ids"]])),
+             "weight_version": self.weight_version, "lr": self.actor.get_lr()[0]}
+        for k, v in stats.items():
+            m[k] = float(np.mean(v))
+        classes = defaultdict(Counter)
+        for rt, c in zip(rollout["response_types"], rollout["top_classes"]):
+            if rt is not None:
+                classes[rt][c] += 1
+        for rt, counter in classes.items():
+            total = sum(counter.values())
+            for c, k in counter.items():
+                m[f"classes/{rt}/{c}"] = k / total
+        refused = [r for r in rollout["refused"] if r is not None]
+        m["safety/refusal_rate_comply"] = float(np.mean(refused)) if refused else None
+        for k, v in timings.items():
+            m[f"time/{k}"] = v
+        m["samples"] = [{"category": c, "completion": t[:300], "reward": s}
+                        for c, t, s in list(zip(rollout["categories"], rollout["texts"], rollout["scores"]))[:2]]
+        return m
+
+    def log(self, m: dict) -> None:
+        if self.rank != 0:
+            return
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(m) + "\n")
+        if self.tb is not None:
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and v is not None and k != "step":
+                    self.tb.add_scalar(k, v, m["step"])
+            self.tb.flush()
+        if self.cfg.logging.wandb:
+            import wandb
+
+            wandb.log({k: v for k, v in m.items() if isinstance(v, (int, float))}, step=m["step"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        staging = ckpt.staging_dir(self.run_dir, self.step)
+        if self.rank == 0:
+            staging.mkdir(parents=True, exist_ok=True)
+        d = _dist()
+        if d is not None:
+            d.barrier()
+        self.actor.save_checkpoint(str(staging / "actor"), tag="state")
+        self.critic.save_checkpoint(str(staging / "critic"), tag="state")
+        write_json(staging / f"rng_rank{self.rank}.json", _encode_rng(ckpt.rng_state()))
+        if d is not None:
+            d.barrier()
+        if self.rank != 0:
+            return None
+        state = {"step": self.step, "prompts": self.prompts.state_dict(), "kl_controller": self.kl_ctl.state_dict(),
+                 "reward_moments": self.reward_fn.moments.state_dict(), "weight_version": self.weight_version,
+                 "world_size": self.world}
+        write_json(staging / "trainer_state.json", state)
+        (staging / "config.yaml").write_text(to_yaml(self.cfg))
+        if self.rules.source and Path(self.rules.source).exists():
+            (staging / "rules.yaml").write_text(Path(self.rules.source).read_text())
+        if self.cfg.rbr.weights and Path(self.cfg.rbr.weights).exists():
+            (staging / "rbr_weights.json").write_text(Path(self.cfg.rbr.weights).read_text())
+        return ckpt.finalize(self.run_dir, self.step, {"step": self.step, **self.identity}, self.cfg.checkpoint.keep_last)
+
+    def load_checkpoint(self, path: Path, force: bool = False) -> None:
+        manifest = ckpt.read_manifest(path)
+        changed = sorted(k for k in self.identity if manifest.get(k) != self.identity[k])
+        if changed and not force:
+            raise ValueError(f"checkpoint {path} was made with a different {', '.join(changed)} "
+                             f"({ {k: manifest.get(k) for k in changed} } vs now { {k: self.identity[k] for k in changed} }); "
+                             "resume refused. Pass force_resume=true to resume anyway.")
+        self.actor.load_checkpoint(str(path / "actor"), tag="state")
+        self.critic.load_checkpoint(str(path / "critic"), tag="state")
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.step = state["step"]
+        self.prompts.load_state_dict(state["prompts"])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.reward_fn.moments.load_state_dict(state["reward_moments"])
+        rng_file = path / f"rng_rank{self.rank}.json"
+        if rng_file.exists():
+            ckpt.set_rng_state(_decode_rng(json.loads(rng_file.read_text())))
+        # The rollout server may have restarted or served other weights: push ours again.
+        self.sync_weights()
+        log.warning("resumed from %s at step %d (rollout weight version now %s)", path, self.step, self.weight_version)
+
+    def export_policy(self, out: Path) -> None:
+        """The trained policy as a Hugging Face directory (LoRA merged)."""
+        from .models import merged_policy_state_dict
+
+        if self.rank != 0:
+            return
+        module = self.actor.module
+        base = module.get_base_model() if hasattr(module, "get_base_model") else module
+        state = merged_policy_state_dict(module)
+        base.save_pretrained(out, state_dict=state, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)

@@ -1,0 +1,286 @@
+"""The vLLM rollout server: a real ``vllm serve`` process, and the trainer-side engine that talks to it.
+
+``VLLMServer`` starts ``python -m vllm.entrypoints.openai.api_server`` for the policy with
+
+* ``VLLM_SERVER_DEV_MODE=1``: vLLM's RL routes (``/pause``, ``/resume``, ``/collective_rpc``,
+  ``/update_weight_version``, ``/weight_info``, and the NCCL weight-transfer routes);
+* ``--worker-extension-cls rbr_rlhf.rollout.worker_extension.WeightSyncExtension``: the CPU weight loader.
+
+Those routes let anyone who reaches the port reload weights, so the server binds 127.0.0.1 unless told
+otherwise; put it on a trusted network only, and set an API key for the OpenAI routes.
+
+``VLLMEngine`` is the client: generation through ``/v1/completions`` on client-tokenized prompts (with
+``return_token_ids`` and per-token logprobs), and weight sync:
+
+    pause (mode=wait: in-flight requests finish on the old weights, new ones wait)
+      -> transport new weights (CPU: a safetensors file + collective_rpc; GPU: NCCL broadcast)
+      -> bump the weight version -> resume
+
+so no request ever sees half-updated weights, and every request after ``update_weights`` returns sees
+the new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+import httpx
+import torch
+
+from .types import Generation, WeightSyncError, chat_prompt_ids
+
+log = logging.getLogger(__name__)
+EXTENSION = "rbr_rlhf.rollout.worker_extension.WeightSyncExtension"
+
+
+class ServerError(RuntimeError):
+    """The server could not start, or died; carries the tail of its own log."""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VLLMServer:
+    """Lifecycle of one ``vllm serve`` process: start, wait for readiness, report its errors, stop."""
+
+    def __init__(self, model: str, host: str = "127.0.0.1", port: int | None = None, dtype: str = "float32",
+                 max_model_len: int = 2048, api_key: str | None = None, kv_cache_gib: int = 2,
+                 enforce_eager: bool = True, weight_transfer: str | None = None, log_path: str | None = None,
+                 extra_args: Sequence[str] = (), served_name: str = "policy"):
+        from ..models import resolve_model
+
+        self.model = resolve_model(model)
+        self.host, self.port = host, port or _free_port()
+        self.api_key, self.served_name = api_key, served_name
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
+        self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                    "--served-model-name", served_name, "--host", host, "--port", str(self.port), "--dtype", dtype,
+                    "--max-model-len", str(max_model_len), "--worker-extension-cls", EXTENSION,
+                    "--disable-log-stats", "--seed", "0", *extra_args]
+        if enforce_eager:
+            self.cmd.append("--enforce-eager")  # on CPU, torch.compile would add minutes to start-up
+        if api_key:
+            self.cmd += ["--api-key", api_key]
+        if weight_transfer:
+            self.cmd += ["--weight-transfer-config", f'{{"backend": "{weight_transfer}"}}']
+        self.env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+                    "PYTHONUNBUFFERED": "1"}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 600.0) -> "VLLMServer":
+        self._log = open(self.log_path, "w")
+        # A new session: stop() can kill the whole process group (vLLM spawns engine/worker processes).
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"vLLM server exited with status {self.proc.returncode} during start-up; "
+                                  f"its log ({self.log_path}) ends with:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise ServerError(f"vLLM server not ready after {timeout:.0f} s; its log ends with:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                return "".join(deque(fh, maxlen=lines))
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class VLLMEngine:
+    """The trainer-side client of a rollout server (a ``RolloutEngine``)."""
+
+    def __init__(self, url: str, tokenizer_path: str, model_name: str = "policy", api_key: str | None = None,
+                 timeout: float = 600.0, transport: "WeightTransport | None" = None, sync_dir: str | None = None):
+        from transformers import AutoTokenizer
+
+        self.url = url.rstrip("/")
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.model_name = model_name
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(timeout=timeout, headers=headers)
+        self.transport = transport or FileWeightTransport(sync_dir)
+        self.weight_version = self.server_weight_version() or 0
+
+    # ---------------------------------------------------------------- generation
+    def generate(self, conversations: Sequence[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                 max_tokens: int = 64, seed: int | None = None, stop: Sequence[str] | None = None) -> list[Generation]:
+        prompts = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
+        body = {"model": self.model_name, "prompt": prompts, "n": n, "temperature": temperature, "top_p": top_p,
+                "max_tokens": max_tokens, "logprobs": 0, "return_token_ids": True, "skip_special_tokens": True}
+        if seed is not None:
+            body["seed"] = seed
+        if stop:
+            body["stop"] = list(stop)
+        resp = self._post("/v1/completions", body)
+        out = []
+        for ch in sorted(resp["choices"], key=lambda c: c["index"]):
+            i = ch["index"] // n
+            lps = (ch.get("logprobs") or {}).get("token_logprobs") or []
+            out.append(Generation(i, prompts[i], list(ch.get("token_ids") or []), [float(x) for x in lps], ch["text"],
+                                  ch.get("finish_reason"), self.weight_version))
+        return out
+
+    def _post(self, path: str, body: dict | None = None, params: dict | None = None) -> dict:
+        try:
+            r = self.http.post(self.url + path, json=body, params=params)
+        except httpx.TransportError as e:
+            raise ServerError(f"rollout server {self.url} unreachable: {e}") from e
+        if r.status_code >= 400:
+            raise ServerError(f"rollout server {self.url}{path} answered {r.status_code}: {r.text[:500]}")
+        return r.json() if r.content else {}
+
+    # ---------------------------------------------------------------- weights
+    def server_weight_version(self) -> int | None:
+        try:
+            v = self.http.get(self.url + "/weight_info").json().get("weight_version")
+            return int(v) if v is not None else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
+        """Pause, transfer, bump the version, resume. On refusal the old weights keep serving."""
+        self._post("/pause", params={"mode": "wait"})
+        try:
+            self.transport.send(self, state_dict)
+            version = self.weight_version + 1
+            self._post("/update_weight_version", {"new_version": str(version)})
+            self.weight_version = version
+        finally:
+            self._post("/resume")
+        return self.weight_version
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class WeightTransport:
+    def send(self, engine: VLLMEngine, state_dict: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class FileWeightTransport(WeightTransport):
+    """CPU (and any shared-filesystem) path: write safetensors atomically, have every worker load it."""
+
+    def __init__(self, sync_dir: str | None = None):
+        self.dir = Path(sync_dir or tempfile.mkdtemp(prefix="rbr-weight-sync-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, state_dict: dict[str, torch.Tensor]) -> Path:
+        from safetensors.torch import save_file
+
+        path = self.dir / "policy.safetensors"
+        tmp = self.dir / ".policy.safetensors.tmp"
+        # safetensors refuses tensors that share storage (tied embeddings): give each its own.
+        shared = _shared_ptrs(state_dict)
+        save_file({k: (v.detach().clone() if v.data_ptr() in shared else v.detach()).contiguous()
+                   for k, v in state_dict.items()}, str(tmp))
+        os.replace(tmp, path)
+        return path
+
+    def send(self, engine: VLLMEngine, state_dict: dict[str, torch.Tensor]) -> None:
+        self.send_file(engine, self.write(state_dict))
+
+    def send_file(self, engine: VLLMEngine, path: Path) -> None:
+        results = engine._post("/collective_rpc", {"method": "rbr_load_weights", "args": [str(path)]}).get("results", [])
+        errors = [r.get("error") for r in results if isinstance(r, dict) and not r.get("ok")]
+        if errors or not results:
+            raise WeightSyncError(errors[0] if errors else f"no worker answered the weight load: {results}")
+
+
+def _shared_ptrs(state_dict) -> set[int]:
+    seen, shared = set(), set()
+    for v in state_dict.values():
+        p = v.data_ptr()
+        (shared if p in seen else seen).add(p)
+    return shared
+
+
+class NCCLWeightTransport(WeightTransport):
+    """GPU path: vLLM's weight-transfer API over NCCL (the server needs ``weight_transfer="nccl"``).
+
+    The trainer process joins an NCCL group with the inference workers once (``init``), then each update
+    broadcasts the tensors GPU-to-GPU, with no file and no host copy. Needs CUDA on both sides.
+    """
+
+    def __init__(self, master_address: str, master_port: int, inference_world_size: int):
+        self.master_address, self.master_port = master_address, master_port
+        self.world_size = inference_world_size + 1  # the trainer's sender rank + every inference worker
+        self._engine = None
+        self._source = None
+
+    def send(self, engine: VLLMEngine, state_dict: dict[str, torch.Tensor]) -> None:
+        from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
+
+        class StateDictSource(WeightSource):
+            def __init__(self):
+                self.state = {}
+
+            def metadata(self):
+                return [ParamMeta(k, v.dtype, tuple(v.shape)) for k, v in self.state.items()]
+
+            def __iter__(self):
+                for k, v in self.state.items():
+                    yield k, v.cuda(non_blocking=True)
+
+        if self._engine is None:
+            self._source = StateDictSource()
+            client = HTTPVLLMWeightSyncClient(engine.url)
+            info = NCCLTrainerInitInfo(master_address=self.master_address, master_port=self.master_port,
+                                       world_size=self.world_size)
+            self._engine = NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=self._source)
+        self._source.state = state_dict
+        # The engine drives start_weight_update / update_weights / finish_weight_update itself.
+        self._engine.send_weights()
