@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "rbr_rlhf.rm.cli",         # train-rm, eval-rm
     "rbr_rlhf.pipeline.cli",   # build-rbr, classify-prompts
     "rbr_rlhf.rollout.cli",    # serve-rollout
+    "rbr_rlhf.service.cli",    # serve-grader
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import numpy as np
@@ -15,15 +16,19 @@ class LabelGrader:
     name = "labels"
 
     def __init__(self) -> None:
-        self._labels: dict[GradeItem, dict] = {}
+        self._labels: dict[str, dict] = {}
+
+    @staticmethod
+    def _key(item: GradeItem) -> str:
+        return json.dumps([list(item.conversation), item.completion], sort_keys=True)
 
     def add(self, item: GradeItem, labels: dict) -> None:
-        self._labels[item] = labels
+        self._labels[self._key(item)] = labels
 
     def grade(self, items: Sequence[GradeItem], propositions: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(items), len(propositions)))
         for i, item in enumerate(items):
-            labels = self._labels.get(item)
+            labels = self._labels.get(self._key(item))
             if labels is None:
                 raise GraderError("the labels grader needs rows that carry 'propositions' labels")
             for j, p in enumerate(propositions):

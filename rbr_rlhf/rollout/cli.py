@@ -35,8 +35,6 @@ def run(args) -> int:
             while server.alive():
                 time.sleep(1.0)
         except KeyboardInterrupt:
-            pass
-    if server.proc is None:
-        return 0
-    print(f"rollout server died; its log ends with:\n{server.log_tail()}")
+            return 0
+        print(f"rollout server died; its log ends with:\n{server.log_tail()}")
     return 1
