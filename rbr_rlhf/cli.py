@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rbr_rlhf.pipeline.cli",   # build-rbr, classify-prompts
     "rbr_rlhf.rollout.cli",    # serve-rollout
     "rbr_rlhf.service.cli",    # serve-grader
+    "rbr_rlhf.ppo.cli",        # train
 ]
 
 

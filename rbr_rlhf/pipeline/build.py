@@ -67,12 +67,15 @@ class BuildConfig:
 
 
 class BuildRBR:
-    def __init__(self, cfg: BuildConfig, rules: RuleSet, force: bool = False):
+    def __init__(self, cfg: BuildConfig, rules: RuleSet, force: bool = False, writer=None):
+        """``writer``: an ``EngineWriter`` to reuse (e.g. the PPO run's rollout server); by default one is
+        made from ``cfg.engine`` and ``cfg.writer`` when generation is needed, and closed at the end."""
         self.cfg, self.rules = cfg, rules
         self.dir = Path(cfg.out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._check_manifest(force)
-        self._grader = self._writer = None
+        self._grader = None
+        self._writer, self._own_writer = writer, writer is None
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -236,6 +239,13 @@ class BuildRBR:
 
     # ------------------------------------------------------------------ the whole run
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            if self._own_writer and self._writer is not None:
+                self._writer.close()
+
+    def _run(self) -> dict:
         prompts = self._timed("prompts", self.stage_prompts)
         by_id = {p["prompt_id"]: p for p in prompts}
         graded = self.stage_generate_and_grade(prompts)

@@ -45,8 +45,9 @@ class RBRConfig:
     grader: Optional[str] = None      # grader spec for the grader service this run starts
     weights: Optional[str] = None     # rbr_weights.json; built by build-rbr when missing and `build` is set
     service_url: Optional[str] = None  # use a running grader service instead of starting one
-    build: dict = field(default_factory=dict)   # build-rbr settings used on first use
+    build: dict = field(default_factory=dict)   # {grader: train-classifier settings, weights: build-rbr settings}
     weight: float = 1.0               # R = R_rm + weight * R_rbr on safety prompts
+    benign_categories: list = field(default_factory=lambda: ["None"])  # prompts scored by R_rm alone
 
 
 @dataclass
@@ -67,8 +68,10 @@ class DataConfig:
     benign_prompts: Optional[str] = None   # prompts with no safety response type (R = R_rm)
     benign_fraction: float = 0.5
     max_prompt_tokens: int = 256
-    eval_prompts: Optional[str] = None
+    eval_prompts: Optional[str] = None     # held-out prompts with categories (safety metrics)
     eval_limit: int = 32
+    xstest: Optional[str] = None           # xstest_prompts.csv
+    xstest_limit: int = 24
     limit: Optional[int] = None
 
 

@@ -60,7 +60,7 @@ class VLLMServer:
     def __init__(self, model: str, host: str = "127.0.0.1", port: int | None = None, dtype: str = "float32",
                  max_model_len: int = 2048, api_key: str | None = None, kv_cache_gib: int = 2,
                  enforce_eager: bool = True, weight_transfer: str | None = None, log_path: str | None = None,
-                 extra_args: Sequence[str] = (), served_name: str = "policy"):
+                 extra_args: Sequence[str] = (), served_name: str = "policy", max_num_seqs: int = 32):
         from ..models import resolve_model
 
         self.model = resolve_model(model)
@@ -70,7 +70,11 @@ class VLLMServer:
         self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                     "--served-model-name", served_name, "--host", host, "--port", str(self.port), "--dtype", dtype,
                     "--max-model-len", str(max_model_len), "--worker-extension-cls", EXTENSION,
-                    "--disable-log-stats", "--seed", "0", *extra_args]
+                    "--disable-log-stats", "--seed", "0",
+                    # Per-request seeds (reproducible rollouts, exact resume) crash vLLM's CPU sampler when a
+                    # prefill is chunked ("CPU Generator does not use offset"): never chunk prefills.
+                    "--no-enable-chunked-prefill", "--max-num-seqs", str(max_num_seqs),
+                    "--max-num-batched-tokens", str(max_num_seqs * max_model_len), *extra_args]
         if enforce_eager:
             self.cmd.append("--enforce-eager")  # on CPU, torch.compile would add minutes to start-up
         if api_key:

@@ -1,0 +1,29 @@
+"""``rbr-rlhf train RECIPE [key=value ...]`` and ``rbr-rlhf eval``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="RBR-PPO: run a recipe (OmegaConf YAML) with key=value overrides")
+    t.add_argument("recipe", help="recipe YAML path, or a name in recipes/ (e.g. smollm2-135m-cpu)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. total_steps=4 resume=auto")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.set_defaults(handler=run_train)
+
+
+def run_train(args) -> int:
+    from .config import load_config, to_yaml
+
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must be key=value, got {bad}")
+    cfg = load_config(args.recipe, args.overrides)
+    print(to_yaml(cfg), flush=True)
+    if args.print_config:
+        return 0
+    from .run import train
+
+    train(cfg)
+    return 0

@@ -1,0 +1,35 @@
+"""The end-of-run plot: reward components and safety metrics over steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_metrics(metrics_path: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
+    steps = [r["step"] for r in rows]
+
+    def series(key):
+        return [r.get(key) if r.get(key) is not None else float("nan") for r in rows]
+
+    panels = [("rewards", ["reward/total", "reward/rm", "reward/rbr"]),
+              ("KL", ["kl/sequence_mean", "kl/coef"]),
+              ("safety", ["safety/refusal_rate_comply"] + sorted({k for r in rows for k in r if k.startswith("classes/hard_refuse/")})),
+              ("losses", ["policy/loss", "value/loss", "policy/clipfrac"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    for ax, (title, keys) in zip(axes, panels):
+        for k in keys:
+            ax.plot(steps, series(k), marker="o", ms=3, label=k.split("/", 1)[-1])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

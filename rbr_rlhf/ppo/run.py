@@ -1,0 +1,287 @@
+"""``rbr-rlhf train RECIPE [key=value ...]``: assets, services, the PPO loop, evaluation, report.
+
+Rank 0 builds what is missing (helpful RM, classifier grader, RBR weights: each cached at the path the
+recipe names, so a second run reuses them), starts the rollout server and the grader service as child
+processes (or connects to given URLs), and drives rollouts; every rank trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ..data import read_rows
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def check_run_dir(run_dir: Path, min_free_gib: float = 2.0) -> None:
+    """Fail before any training if the run directory is unwritable or the disk is (nearly) full."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RuntimeError(f"run directory {run_dir} is not writable: {e}") from None
+    free = shutil.disk_usage(run_dir).free / 2 ** 30
+    if free < min_free_gib:
+        raise RuntimeError(f"only {free:.1f} GiB free under {run_dir}; checkpoints need at least {min_free_gib} GiB")
+
+
+# ---------------------------------------------------------------------------- assets (rank 0)
+def ensure_reward_model(cfg: TrainConfig) -> str:
+    path = cfg.reward_model.path
+    if path and (Path(path) / "config.json").exists():
+        return path
+    if not cfg.reward_model.build:
+        raise FileNotFoundError(f"reward model {path!r} not found and reward_model.build is empty")
+    from ..rm.cli import load_pairs
+    from ..rm.train import RMTrainConfig, split_pairs, train_reward_model
+
+    b = dict(cfg.reward_model.build)
+    print(f"[assets] training the helpful reward model -> {path} (first use)", flush=True)
+    pairs = load_pairs(b.pop("data"), b.pop("limit", None))
+    train, held = split_pairs(pairs, b.pop("eval_fraction", 0.1))
+    info = train_reward_model(train, path, RMTrainConfig(**b), held, {"labels": "original"})
+    print(f"[assets] reward model held-out pairwise accuracy {info.get('eval_accuracy')}", flush=True)
+    return path
+
+
+def ensure_grader(cfg: TrainConfig, rules) -> str:
+    spec = cfg.rbr.grader or ""
+    kind, _, path = spec.partition(":")
+    build = dict(cfg.rbr.build.get("grader", {}))
+    if kind != "classifier" or (Path(path) / "grader_config.json").exists() or not build:
+        return spec
+    from ..grader.classifier import train_classifier
+
+    print(f"[assets] training the classifier grader -> {path} (first use)", flush=True)
+    rows = read_rows(build.pop("train"))
+    lm = build.pop("lm", "smollm2")
+    train_classifier(rules, rows, path, lm=None if lm in (None, "none") else lm, source="recipe", **build)
+    return spec
+
+
+def ensure_rbr_weights(cfg: TrainConfig, rules, grader_spec: str, rm_path: str, engine=None) -> str | None:
+    if not cfg.rbr.enabled:
+        return None
+    path = Path(cfg.rbr.weights)
+    if path.exists():
+        return str(path)
+    build = dict(cfg.rbr.build.get("weights", {}))
+    if not build:
+        raise FileNotFoundError(f"RBR weights {path} not found and rbr.build.weights is empty")
+    from ..pipeline.build import BuildConfig, BuildRBR
+
+    out = str(path.parent)
+    print(f"[assets] building RBR weights with build-rbr -> {out} (first use)", flush=True)
+    fit = build.pop("fit", {})
+    bcfg = BuildConfig(out=out, grader=grader_spec, rm=rm_path, rules=cfg.rbr.rules, fit=fit, **build)
+    writer = None
+    if engine is not None and bcfg.writer == cfg.policy.model:
+        from ..pipeline.writer import EngineWriter
+
+        writer = EngineWriter(engine)  # the policy's own rollout server writes: no second model in memory
+        print("[assets] build-rbr writes through the run's rollout engine", flush=True)
+    report = BuildRBR(bcfg, rules, force=True, writer=writer).run()
+    print(f"[assets] build-rbr kept {report['kept']} comparisons; error rates {report.get('fit', {}).get('error_rate')}",
+          flush=True)
+    return str(path)
+
+
+def load_prompts(cfg: TrainConfig, rules) -> tuple[list[dict], list[dict]]:
+    from ..pipeline.prompts import load_prompt_set
+    from .evaluate import load_xstest
+
+    rows = []
+    if cfg.data.safety_prompts:
+        rows += load_prompt_set(cfg.data.safety_prompts, limit=cfg.data.limit)
+    if cfg.data.benign_prompts:
+        rows += [{**r, "category": None} for r in load_prompt_set(cfg.data.benign_prompts, limit=cfg.data.limit)]
+    eval_rows = []
+    if cfg.data.eval_prompts:
+        for r in load_prompt_set(cfg.data.eval_prompts, limit=cfg.data.eval_limit):
+            rt = rules.find_response_type(r["category"]) if r["category"] else None
+            if rt is not None:  # evaluation grades every prompt by its response type, "None" (comply) included
+                eval_rows.append({**r, "category": rt.name})
+    if cfg.data.xstest:
+        eval_rows += load_xstest(cfg.data.xstest, cfg.data.xstest_limit)
+    return rows, eval_rows
+
+
+# ---------------------------------------------------------------------------- services (rank 0)
+class Services:
+    """The rollout engine and the RBR scorer, started here or connected to."""
+
+    def __init__(self, cfg: TrainConfig, rules, policy_path: str, grader_spec: str, weights_path: str | None):
+        self.cfg, self.rules = cfg, rules
+        self.policy_path, self.grader_spec, self.weights_path = policy_path, grader_spec, weights_path
+        self.logs = Path(cfg.run_dir) / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.rollout_server = self.grader_process = None
+        self.engine = self.rbr = None
+
+    def start_grader(self) -> None:
+        if self.cfg.rbr.enabled:
+            from ..service.client import GraderClient
+
+            url = self.cfg.rbr.service_url
+            if not url:
+                from ..service.server import GraderProcess
+
+                print("[services] starting the grader service", flush=True)
+                self.grader_process = GraderProcess(self.cfg.rbr.rules, self.grader_spec, self.weights_path,
+                                                    log_path=self.logs / "grader.log").start()
+                url = self.grader_process.url
+            self.rbr = GraderClient(url, token=os.environ.get("RBR_GRADER_TOKEN"))
+
+    def start_rollout(self) -> None:
+        r = self.cfg.rollout
+        if r.engine == "transformers":
+            from ..rollout.hf_engine import TransformersEngine
+
+            self.engine = TransformersEngine(self.policy_path)
+            return
+        from ..rollout.vllm_server import VLLMEngine, VLLMServer
+
+        url = r.url
+        if not url:
+            print("[services] starting the vLLM rollout server", flush=True)
+            self.rollout_server = VLLMServer(self.policy_path, max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib,
+                                             log_path=str(self.logs / "rollout.log")).start()
+            url = self.rollout_server.url
+        self.engine = VLLMEngine(url, self.policy_path, sync_dir=str(Path(self.cfg.run_dir) / "weight_sync"))
+
+    def restart_rollout(self) -> bool:
+        """After the rollout server died: start a new one (only if we own it). Returns whether we did."""
+        if self.rollout_server is None:
+            return False
+        print(f"[services] the rollout server died; its log ends with:\n{self.rollout_server.log_tail(10)}", flush=True)
+        self.rollout_server.stop()
+        self.start_rollout()
+        return True
+
+    def stop(self) -> None:
+        for proc in (self.rollout_server, self.grader_process):
+            if proc is not None:
+                proc.stop()
+
+
+# ---------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig) -> dict:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from ..models import resolve_model
+    from ..rm.model import RewardModel
+    from ..rules import load_rules
+    from . import checkpoint as ckpt
+    from .evaluate import evaluate_policy
+    from .report import plot_metrics
+    from .rewards import RewardFunction
+    from .trainer import PPOTrainer, _dist, init_distributed, rank_and_world
+
+    run_dir = Path(cfg.run_dir)
+    check_run_dir(run_dir)
+    init_distributed()
+    rank, world = rank_and_world()
+    rules = load_rules(cfg.rbr.rules)
+    policy_path = resolve_model(cfg.policy.model)
+    d = _dist()
+    rm_path, grader_spec = cfg.reward_model.path, cfg.rbr.grader
+    weights_path = cfg.rbr.weights if cfg.rbr.enabled else None
+    services = Services(cfg, rules, policy_path, grader_spec, weights_path)
+    summary: dict = {}
+    try:
+        if rank == 0:
+            # Assets first (cached after the first run), with the rollout server up so build-rbr can
+            # write through it; then the grader service, which needs the weights.
+            ensure_reward_model(cfg)
+            if cfg.rbr.enabled:
+                ensure_grader(cfg, rules)
+            services.start_rollout()
+            ensure_rbr_weights(cfg, rules, grader_spec, rm_path, services.engine)
+            services.start_grader()
+        if d is not None and world > 1:
+            d.barrier()
+        weights_fp = None
+        if weights_path:
+            from ..rbr.model import RBRWeights
+            import hashlib
+
+            weights_fp = hashlib.sha256(Path(weights_path).read_bytes()).hexdigest()[:16]
+            RBRWeights.load(weights_path, rules)  # refuses weights fitted for another rule set
+        reward_fn = RewardFunction(rules, RewardModel(rm_path) if rank == 0 else None, services.rbr,
+                                   cfg.rbr.weight, cfg.rbr.benign_categories, cfg.ppo.reward_norm, cfg.ppo.reward_clip)
+        prompts, eval_rows = load_prompts(cfg, rules)
+        tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        trainer = PPOTrainer(cfg, rules, services.engine, reward_fn, prompts, tokenizer, policy_path, rm_path, weights_fp)
+        trainer.start_logging()
+
+        if cfg.resume:
+            path = ckpt.latest(run_dir) if cfg.resume == "auto" else Path(cfg.resume)
+            if path is not None:
+                trainer.load_checkpoint(path, force=cfg.force_resume)
+            elif rank == 0:
+                print("[resume] no whole checkpoint yet: starting from step 0", flush=True)
+        if rank == 0:
+            print(f"[run] {run_dir}: resolved config saved to {run_dir / 'config.yaml'}", flush=True)
+        if rank == 0 and cfg.eval_before_after and eval_rows and trainer.step == 0:
+            summary["before"] = evaluate_policy(services.engine, reward_fn, eval_rows, cfg.rollout.max_tokens)
+            print(f"[eval] before: {_short(summary['before'])}", flush=True)
+
+        bar = tqdm(total=cfg.total_steps, initial=trainer.step, desc="RBR-PPO", unit="step", file=sys.stderr,
+                   disable=rank != 0)
+        while trainer.step < cfg.total_steps:
+            metrics = _step_with_recovery(trainer, services, rank)
+            trainer.log(metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl=f"{metrics['kl/sequence_mean']:.3f}")
+            if trainer.step % cfg.checkpoint.every == 0 or trainer.step == cfg.total_steps:
+                trainer.save_checkpoint()
+        bar.close()
+
+        if rank == 0:
+            if cfg.eval_before_after and eval_rows:
+                summary["after"] = evaluate_policy(services.engine, reward_fn, eval_rows, cfg.rollout.max_tokens)
+                print(f"[eval] after: {_short(summary['after'])}", flush=True)
+            if cfg.checkpoint.export_hf:
+                trainer.export_policy(run_dir / "policy")
+            summary["plot"] = str(plot_metrics(run_dir / "metrics.jsonl", run_dir / "report.png"))
+            summary["steps"] = trainer.step
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+            print(f"[run] done: summary {run_dir / 'summary.json'}, plot {summary['plot']}, policy {run_dir / 'policy'}", flush=True)
+    finally:
+        services.stop()
+    return summary
+
+
+def _step_with_recovery(trainer, services, rank: int) -> dict:
+    """One PPO step; if the rollout server died, restart it, re-push the weights and redo the step from
+    the same prompts. Anything else (or a second failure) stops the run with the error."""
+    from ..rollout.vllm_server import ServerError
+
+    state = trainer.prompts.state_dict()
+    try:
+        return trainer.train_step()
+    except ServerError as e:
+        if rank != 0 or not services.restart_rollout():
+            raise
+        print(f"[recover] rollout failed ({e}); restarted the server, re-syncing weights and redoing step "
+              f"{trainer.step + 1}", flush=True)
+        trainer.engine = services.engine
+        trainer.prompts.load_state_dict(state)
+        trainer.sync_weights()
+        return trainer.train_step()
+
+
+def _short(m: dict) -> str:
+    keys = ("not_unsafe", "not_overrefuse", "f1", "hard_refusal_style", "xstest_f1", "mean_total_reward")
+    return ", ".join(f"{k}={m[k]:.3f}" for k in keys if m.get(k) is not None)
