@@ -82,7 +82,9 @@ def test_fit_rbr_corrects_the_rm_on_held_out_prompts(default_rules):
     assert er["rm_only"] > 0.3          # the RM alone ranks classes at random
     assert er["rm_plus_rbr"] < 0.1      # the RBR fixes it
     assert er["rbr_only"] < 0.1
-    assert set(weights) == {"hard_refuse", "comply", "safe_refuse_2"}
+    assert set(weights) == set(default_rules.response_types)  # complete: unfitted types get zeros
+    assert metrics["unfitted_response_types"] == ["safe_refuse_1"]
+    assert not any(weights["safe_refuse_1"].values())
 
 
 def test_split_by_prompt_is_stable_and_whole():

@@ -66,6 +66,22 @@ class BuildConfig:
         return {k: getattr(self, k) for k in keys}
 
 
+def _balanced(rows: list[dict], limit: int | None) -> list[dict]:
+    """At most ``limit`` prompts, taken round-robin across response types (in file order within each),
+    so a small build still covers every response type the prompt set has."""
+    if limit is None or limit >= len(rows):
+        return rows
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["response_type"]].append(r)
+    out, queues = [], [list(g) for _, g in sorted(groups.items())]
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
 class BuildRBR:
     def __init__(self, cfg: BuildConfig, rules: RuleSet, force: bool = False, writer=None):
         """``writer``: an ``EngineWriter`` to reuse (e.g. the PPO run's rollout server); by default one is
@@ -111,7 +127,7 @@ class BuildRBR:
             return read_cache(path)
         from .prompts import load_prompt_set
 
-        rows = load_prompt_set(self.cfg.prompts, limit=self.cfg.limit_prompts)
+        rows = load_prompt_set(self.cfg.prompts)
         missing = [r for r in rows if r.get("category") is None]
         if missing:
             classifier = self._prompt_classifier(rows)
@@ -124,6 +140,7 @@ class BuildRBR:
                 log.info("prompt %s: category %r has no safety response type; skipped", r["prompt_id"], r["category"])
                 continue
             out.append({**r, "response_type": rt.name})
+        out = _balanced(out, self.cfg.limit_prompts)
         write_jsonl(path, out)
         return out
 

@@ -97,8 +97,14 @@ def _markdown(r: dict) -> str:
     if fit:
         er = fit["error_rate"]
         lines += ["", f"## Error rate on {fit['evaluated_on']}", "",
+                  "The paper's error rate compares each prompt's ideal completion with the rest; the pairwise "
+                  "row counts every pair of completions whose classes rank differently. Ties count as errors.", "",
                   "| | RM only | RBR only | RM + RBR |", "| --- | --- | --- | --- |",
-                  f"| all | {_pct(er['rm_only'])} | {_pct(er['rbr_only'])} | {_pct(er['rm_plus_rbr'])} |"]
+                  f"| ideal vs the rest ({fit.get('comparisons_val', 0)}) | {_pct(er['rm_only'])} | {_pct(er['rbr_only'])} | "
+                  f"{_pct(er['rm_plus_rbr'])} |"]
+        pw = fit.get("pairwise_error_rate") or {}
+        lines.append(f"| all ranked pairs ({fit.get('pairwise_comparisons_val', 0)}) | {_pct(pw.get('rm_only'))} | "
+                     f"{_pct(pw.get('rbr_only'))} | {_pct(pw.get('rm_plus_rbr'))} |")
         per = fit["error_rate_per_response_type"]
         for rt in sorted((per.get("rbr_only") or {})):
             cells = [_pct((per.get(m) or {}).get(rt)) for m in ("rm_only", "rbr_only", "rm_plus_rbr")]

@@ -96,7 +96,15 @@ def ensure_rbr_weights(cfg: TrainConfig, rules, grader_spec: str, rm_path: str, 
     return str(path)
 
 
-def load_prompts(cfg: TrainConfig, rules) -> tuple[list[dict], list[dict]]:
+def _fits(tokenizer, max_tokens: int):
+    from ..rollout.types import chat_prompt_ids
+
+    return lambda r: len(chat_prompt_ids(tokenizer, r["conversation"])) <= max_tokens
+
+
+def load_prompts(cfg: TrainConfig, rules, tokenizer=None) -> tuple[list[dict], list[dict]]:
+    """Training and evaluation prompts. Prompts longer than ``data.max_prompt_tokens`` (chat-templated)
+    are left out: on CPU one long multi-turn prompt costs more than the rest of the batch."""
     from ..pipeline.prompts import load_prompt_set
     from .evaluate import load_xstest
 
@@ -113,6 +121,11 @@ def load_prompts(cfg: TrainConfig, rules) -> tuple[list[dict], list[dict]]:
                 eval_rows.append({**r, "category": rt.name})
     if cfg.data.xstest:
         eval_rows += load_xstest(cfg.data.xstest, cfg.data.xstest_limit)
+    if tokenizer is not None and cfg.data.max_prompt_tokens:
+        fits = _fits(tokenizer, cfg.data.max_prompt_tokens)
+        kept = [r for r in rows if fits(r)]
+        log.warning("%d of %d training prompts fit in data.max_prompt_tokens=%d", len(kept), len(rows), cfg.data.max_prompt_tokens)
+        rows, eval_rows = kept, [r for r in eval_rows if fits(r)]
     return rows, eval_rows
 
 
@@ -220,8 +233,8 @@ def train(cfg: TrainConfig) -> dict:
             RBRWeights.load(weights_path, rules)  # refuses weights fitted for another rule set
         reward_fn = RewardFunction(rules, RewardModel(rm_path) if rank == 0 else None, services.rbr,
                                    cfg.rbr.weight, cfg.rbr.benign_categories, cfg.ppo.reward_norm, cfg.ppo.reward_clip)
-        prompts, eval_rows = load_prompts(cfg, rules)
         tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        prompts, eval_rows = load_prompts(cfg, rules, tokenizer)
         trainer = PPOTrainer(cfg, rules, services.engine, reward_fn, prompts, tokenizer, policy_path, rm_path, weights_fp)
         trainer.start_logging()
 

@@ -105,18 +105,26 @@ def error_rate(rules: RuleSet, comps: Sequence[Comparison], rewards: np.ndarray)
     for i, c in enumerate(comps):
         by_prompt[c.prompt_id].append(i)
     errors: dict[str, list[int]] = defaultdict(list)
+    pairwise: list[int] = []  # every differently-ranked pair, for data with few ideal completions
     for idx in by_prompt.values():
         rt = rules.response_type(comps[idx[0]].response_type)
+        rank = {name: r for r, name in enumerate(rt.class_names)}
         ideal = [i for i in idx if comps[i].completion_class == rt.ideal]
         for i in ideal:
             for j in idx:
                 if comps[j].completion_class != rt.ideal:
                     errors[rt.name].append(int(rewards[j] - rewards[i] >= 0))
+        for i in idx:
+            for j in idx:
+                if rank[comps[i].completion_class] < rank[comps[j].completion_class]:
+                    pairwise.append(int(rewards[j] - rewards[i] >= 0))
     all_errors = [e for v in errors.values() for e in v]
     return {
         "overall": float(np.mean(all_errors)) if all_errors else None,
         "comparisons": len(all_errors),
         "per_response_type": {rt: float(np.mean(v)) for rt, v in sorted(errors.items())},
+        "pairwise": float(np.mean(pairwise)) if pairwise else None,
+        "pairwise_comparisons": len(pairwise),
     }
 
 
@@ -134,7 +142,9 @@ def fit_rbr(rules: RuleSet, comps: Sequence[Comparison], cfg: FitConfig, has_rm:
     rbr_only_weights: dict[str, np.ndarray] = {}
     fitted: dict[str, np.ndarray] = {}
     n_pairs = {}
-    for rt_name in sorted({rules.response_type(c.response_type).name for c in comps}):
+    # Every response type of the rule set gets a weight vector, so the weights are complete for it; one
+    # without comparisons stays at zero (R_rbr = 0) and is listed in the metrics as unfitted.
+    for rt_name in sorted(rules.response_types):
         sub = [c for c in train if rules.response_type(c.response_type).name == rt_name]
         spec = feature_spec(rules, rt_name)
         pairs = make_pairs(rules, sub, cfg)
@@ -167,10 +177,15 @@ def fit_rbr(rules: RuleSet, comps: Sequence[Comparison], cfg: FitConfig, has_rm:
     metrics = {
         "error_rate": {k: (v["overall"] if v else None) for k, v in held_out.items()},
         "error_rate_per_response_type": {k: (v["per_response_type"] if v else None) for k, v in held_out.items()},
+        # The share of all differently-ranked pairs ordered wrongly (ties count): defined even where a
+        # prompt has no ideal completion, which a weak writer often fails to produce.
+        "pairwise_error_rate": {k: (v["pairwise"] if v else None) for k, v in held_out.items()},
+        "pairwise_comparisons_val": held_out["rbr_only"]["pairwise_comparisons"],
         "error_rate_train": {k: (v["overall"] if v else None) for k, v in report(train).items()},
         "evaluated_on": "held-out prompts" if val else "training prompts (no held-out prompts: data too small)",
         "prompts": {"train": len({c.prompt_id for c in train}), "val": len(val_prompts)},
         "train_pairs": n_pairs,
+        "unfitted_response_types": sorted(rt for rt, n in n_pairs.items() if n == 0),
         "comparisons_val": held_out["rbr_only"]["comparisons"],
     }
     return weights, metrics

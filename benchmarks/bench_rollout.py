@@ -1,0 +1,51 @@
+"""Rollout throughput: the vLLM rollout server vs in-process transformers ``generate``.
+
+Same model, prompts, batch and max tokens; both sample at temperature 1 with ``ignore_eos`` semantics
+approximated by counting the tokens each actually generated. Prints generated tokens/s of each and the
+ratio, measured in this one run.
+
+    .venv/bin/python benchmarks/bench_rollout.py [--prompts 16] [--max-tokens 64]
+"""
+
+import argparse
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    from rbr_rlhf.models import resolve_model
+    from rbr_rlhf.rollout.hf_engine import TransformersEngine
+    from rbr_rlhf.rollout.vllm_server import VLLMEngine, VLLMServer
+
+    topics = ["rain", "the ocean", "a city at night", "bread", "mountains", "a library", "trains", "autumn"]
+    convs = [[{"role": "user", "content": f"Write a short paragraph about {topics[i % len(topics)]} (#{i})."}]
+             for i in range(args.prompts)]
+
+    def measure(engine):
+        engine.generate(convs[:2], max_tokens=4, seed=0)  # warm-up
+        best = 0.0
+        for r in range(args.repeats):
+            t = time.perf_counter()
+            gens = engine.generate(convs, n=1, temperature=1.0, max_tokens=args.max_tokens, seed=r)
+            tokens = sum(len(g.token_ids) for g in gens)
+            best = max(best, tokens / (time.perf_counter() - t))
+        return best
+
+    hf = TransformersEngine(args.model, batch_size=args.prompts)
+    hf_tps = measure(hf)
+    del hf
+    with VLLMServer(args.model, max_model_len=1024) as server:
+        vllm_tps = measure(VLLMEngine(server.url, resolve_model(args.model)))
+    print(f"transformers generate: {hf_tps:.1f} tokens/s")
+    print(f"vLLM rollout server:   {vllm_tps:.1f} tokens/s")
+    print(f"ratio vLLM / transformers: {vllm_tps / hf_tps:.2f}x  ({args.prompts} prompts, {args.max_tokens} max tokens)")
+
+
+if __name__ == "__main__":
+    main()
