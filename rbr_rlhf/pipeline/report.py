@@ -105,6 +105,9 @@ def _markdown(r: dict) -> str:
         pw = fit.get("pairwise_error_rate") or {}
         lines.append(f"| all ranked pairs ({fit.get('pairwise_comparisons_val', 0)}) | {_pct(pw.get('rm_only'))} | "
                      f"{_pct(pw.get('rbr_only'))} | {_pct(pw.get('rm_plus_rbr'))} |")
+        tr = fit.get("error_rate_train") or {}
+        lines.append(f"| ideal vs the rest, *training* prompts | {_pct(tr.get('rm_only'))} | {_pct(tr.get('rbr_only'))} | "
+                     f"{_pct(tr.get('rm_plus_rbr'))} |")
         per = fit["error_rate_per_response_type"]
         for rt in sorted((per.get("rbr_only") or {})):
             cells = [_pct((per.get(m) or {}).get(rt)) for m in ("rm_only", "rbr_only", "rm_plus_rbr")]

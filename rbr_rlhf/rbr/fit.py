@@ -182,6 +182,7 @@ def fit_rbr(rules: RuleSet, comps: Sequence[Comparison], cfg: FitConfig, has_rm:
         "pairwise_error_rate": {k: (v["pairwise"] if v else None) for k, v in held_out.items()},
         "pairwise_comparisons_val": held_out["rbr_only"]["pairwise_comparisons"],
         "error_rate_train": {k: (v["overall"] if v else None) for k, v in report(train).items()},
+        "pairwise_error_rate_train": {k: (v["pairwise"] if v else None) for k, v in report(train).items()},
         "evaluated_on": "held-out prompts" if val else "training prompts (no held-out prompts: data too small)",
         "prompts": {"train": len({c.prompt_id for c in train}), "val": len(val_prompts)},
         "train_pairs": n_pairs,
