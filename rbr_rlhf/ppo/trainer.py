@@ -404,7 +404,10 @@ class PPOTrainer:
         rng_file = path / f"rng_rank{self.rank}.json"
         if rng_file.exists():
             ckpt.set_rng_state(_decode_rng(json.loads(rng_file.read_text())))
-        # The rollout server may have restarted or served other weights: push ours again.
+        # The rollout server may have restarted or served other weights: push ours again, under the
+        # checkpoint's weight version (the version names the weights, so re-pushing them restores it).
+        if self.engine is not None:
+            self.engine.weight_version = state["weight_version"] - 1
         self.sync_weights()
         log.warning("resumed from %s at step %d (rollout weight version now %s)", path, self.step, self.weight_version)
 
