@@ -100,7 +100,7 @@ def test_item_without_safety_response_type(service):
     (json.dumps({"items": [{"conversation": "hi", "completion": 3, "category": "K-R"}]}).encode(), 422, "items[0].completion", "must be a string"),
     (json.dumps({"items": [item(), {"conversation": "hi", "completion": "x", "category": "Z-Z"}]}).encode(), 422, "items[1].category", "unknown category 'Z-Z'"),
     (json.dumps({"items": [{"conversation": "hi", "completion": "x", "response_type": "lecture"}]}).encode(), 422, "items[0].response_type", "unknown response type"),
-    (json.dumps({"items": [{"conversation": [{"role": "user"}], "completion": "x", "category": "K-R"}]}).encode(), 422, "items[0].conversation[0]", "string 'role' and 'content'"),
+    (json.dumps({"items": [{"conversation": [{"role": "user"}], "completion": "x", "category": "K-R"}]}).encode(), 422, "items[0].conversation[0].content", "missing"),
     (json.dumps({"items": [{"conversation": "hi", "completion": "x"}]}).encode(), 422, "items[0].response_type", "missing"),
     (b"x" * 200_001, 413, "body", "exceeds the limit"),
 ])
@@ -127,7 +127,8 @@ def test_info_and_metrics(service, default_rules):
     httpx.post(f"{url}/v1/score", json={"items": [item()]}, headers=auth())
     httpx.post(f"{url}/v1/score", json={"items": []}, headers=auth())
     text = httpx.get(f"{url}/metrics").text
-    assert 'rbr_grader_requests_total{status="200"}' in text and 'rbr_grader_requests_total{status="422"}' in text
+    assert 'rbr_grader_requests_total{endpoint="/v1/score",status="200"}' in text
+    assert 'rbr_grader_requests_total{endpoint="/v1/score",status="422"}' in text
     assert "rbr_grader_batch_size_bucket" in text and "rbr_grader_request_seconds" in text
 
 

@@ -29,12 +29,21 @@ def run(args) -> int:
     from ..rbr.model import RBRWeights
     from ..rules import load_rules
     from .app import ServiceSettings, create_app
+    from .server import bind_socket
 
     rules = load_rules(args.rules)
     weights = RBRWeights.load(args.weights, rules) if args.weights else None
     grader = build_grader(args.grader, rules)
     settings = ServiceSettings(args.max_batch_size, args.max_wait_ms, args.max_request_items, args.max_request_bytes, args.token)
     app = create_app(rules, grader, weights, settings, args.weights)
-    print(f"grader service for rule set {rules.name!r} ({rules.fingerprint}) on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Bind first, then announce the address we really got: with --port 0 the kernel picks a free port and
+    # GraderProcess reads it from this line (no race between "find a free port" and "bind it").
+    sock = bind_socket(args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"grader service for rule set {rules.name!r} ({rules.fingerprint}) on http://{host}:{sock.getsockname()[1]}",
+          flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

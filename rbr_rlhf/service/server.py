@@ -1,9 +1,15 @@
-"""Running the grader service: in a thread of this process (tests, single-process runs) or as a
-child process (``rbr-rlhf serve-grader``), both on loopback by default."""
+"""Running the grader service: in a thread of this process (tests, single-process PPO runs) or as a child
+process (``rbr-rlhf serve-grader``), both on loopback by default.
+
+Both bind port 0 unless told otherwise: the kernel picks a free port and we read it back from the bound
+socket (in-process) or from the child's first line (subprocess). Picking a "free" port first and binding
+it later races with every other process on the machine.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,76 +21,146 @@ from pathlib import Path
 
 import httpx
 
+READY_LINE = re.compile(r"grader service .* on (http://\S+)")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for tests that need a port nobody listens on)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-class GraderServer:
-    """uvicorn in a background thread; ``with GraderServer(app) as url: ...``."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket for uvicorn (``port`` 0: the kernel picks one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
+
+class GraderServer:
+    """uvicorn in a background thread of this process::
+
+        with GraderServer(create_app(rules, grader, weights)) as url:
+            GraderClient(url).score(items)
+
+    Stops cleanly on exit: the batcher fails whatever is still queued with a 503, the thread is joined.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         import uvicorn
 
-        self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app, self.host = app, host
+        self.sock = bind_socket(host, port)
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name=f"grader-service-{self.port}", daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
-    def __enter__(self) -> str:
+    def start(self, timeout: float = 30) -> str:
         self.thread.start()
-        deadline = time.time() + 30
+        deadline = time.monotonic() + timeout
         while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("grader service did not start")
-            time.sleep(0.02)
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the grader service did not start on {self.url}")
+            time.sleep(0.01)
         return self.url
 
-    def __exit__(self, *exc) -> None:
+    def stop(self, timeout: float = 30) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=30)
+        if self.thread.is_alive():
+            self.thread.join(timeout=timeout)
+            if self.thread.is_alive():  # stuck in a long grader batch: stop waiting for connections
+                self.server.force_exit = True
+                self.thread.join(timeout=5)
+        self.sock.close()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class GraderProcess:
-    """``rbr-rlhf serve-grader`` as a child process, with readiness wait and log tail on failure."""
+    """``rbr-rlhf serve-grader`` as a child process, with a readiness wait and the log's tail on failure.
+
+    ``port`` None or 0: the child binds port 0 and prints the address it got, which we read from its log.
+    The token goes through the environment ($RBR_GRADER_TOKEN), not the command line, where ``ps`` shows it.
+    """
 
     def __init__(self, rules: str, grader: str, weights: str | None = None, host: str = "127.0.0.1",
                  port: int | None = None, token: str | None = None, log_path: str | Path | None = None,
-                 extra_args: list[str] | None = None):
-        self.host, self.port = host, port or free_port(host)
-        self.cmd = [sys.executable, "-m", "rbr_rlhf.cli", "serve-grader", "--rules", rules, "--grader", grader,
+                 extra_args: list[str] | None = None, module: str = "rbr_rlhf.cli"):
+        self.host, self.port = host, port or 0
+        self.cmd = [sys.executable, "-m", module, "serve-grader", "--rules", str(rules), "--grader", grader,
                     "--host", host, "--port", str(self.port), *(extra_args or [])]
         if weights:
-            self.cmd += ["--weights", weights]
-        self.env = {**os.environ, **({"RBR_GRADER_TOKEN": token} if token else {})}
-        self.log_path = Path(log_path or f"/tmp/rbr-grader-{self.port}.log")
-        self.proc = None
+            self.cmd += ["--weights", str(weights)]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"RBR_GRADER_TOKEN": token} if token else {})}
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        self._url: str | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        if self._url is None:
+            raise RuntimeError("the grader service has not started")
+        return self._url
 
     def start(self, timeout: float = 300) -> "GraderProcess":
+        if self.log_path is None:
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix="rbr-grader-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
+        # Own session: stop() signals the whole group, so nothing the service started outlives it.
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"grader service exited with status {self.proc.returncode}; log:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+                code = self.proc.returncode
+                tail = self.log_tail()
+                self.stop()
+                raise RuntimeError(f"the grader service exited with status {code}; its log ends with:\n{tail}")
+            if self._url is None:
+                match = READY_LINE.search(self._read_log())
+                if match:
+                    self._url = match.group(1)
+            if self._url is not None:
+                try:
+                    if httpx.get(self._url + "/healthz", timeout=2).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"grader service not ready after {timeout:.0f} s; log:\n{self.log_tail()}")
+        raise RuntimeError(f"the grader service was not ready after {timeout:.0f} s; its log ends with:\n{tail}")
+
+    def _read_log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -93,23 +169,27 @@ class GraderProcess:
         try:
             with open(self.log_path, errors="replace") as fh:
                 return "".join(deque(fh, maxlen=lines))
-        except OSError:
+        except (OSError, TypeError):
             return "(no log)"
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
                 try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    os.killpg(self.proc.pid, signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
+                    self.proc.wait(timeout=timeout)
                 except ProcessLookupError:
                     pass
-        self._log.close()
-        self.proc = None
+                except subprocess.TimeoutExpired:
+                    try:
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    self.proc.wait()
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> "GraderProcess":
         return self.start()
