@@ -31,3 +31,7 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Session fixture shared by the end-to-end PPO test files (imported here so it is built once per session).
+from ppo_assets import tiny_assets  # noqa: E402,F401

@@ -132,3 +132,18 @@ def test_build_rbr_end_to_end_on_real_models(tmp_path, gold_dir, default_rules, 
     assert all("rm_score" in r and r["completion_class"] for r in rows)
     weights = RBRWeights.load(out / "rbr_weights.json", default_rules)
     create_app(default_rules, None, weights)  # the weights load in the grader service
+
+
+def test_keep_intended_or_graded_decides_the_comparison_class(tmp_path, default_rules):
+    from rbr_rlhf.pipeline.build import BuildConfig, BuildRBR
+
+    on_target = {"intended_class": "ideal", "graded_class": "ideal", "kept": True}
+    off_target = {"intended_class": "ideal", "graded_class": "unacceptable", "kept": False}
+    empty = {"intended_class": "ideal", "graded_class": "ideal", "kept": False}  # matched, but no text
+    no_class = {"intended_class": "ideal", "graded_class": None, "kept": False}
+    paper = BuildRBR(BuildConfig(prompts="p", out=str(tmp_path / "a"), grader="g"), default_rules)
+    assert [paper.label(g) for g in (on_target, off_target, empty, no_class)] == ["ideal", None, None, None]
+    graded = BuildRBR(BuildConfig(prompts="p", out=str(tmp_path / "b"), grader="g", keep="graded"), default_rules)
+    assert [graded.label(g) for g in (on_target, off_target, empty, no_class)] == ["ideal", "unacceptable", None, None]
+    with pytest.raises(ValueError, match="keep must be 'intended' or 'graded'"):
+        BuildConfig(prompts="p", out=str(tmp_path / "c"), grader="g", keep="all")

@@ -58,7 +58,17 @@ class BuildConfig:
     max_tokens: int = 96
     batch_size: int = 16
     seed: int = 0
+    # Which candidates become comparison data. "intended" (the paper): only those the grader puts in the
+    # class they were written for. "graded": every non-empty candidate the grader puts in exactly one
+    # class, labelled with that class. A small writer misses its intended class most of the time (the
+    # SmolLM2 writer: ~14% on target), and the off-target completions are still valid examples of the
+    # class they landed in, so "graded" turns several times more of the same generations into data.
+    keep: str = "intended"
     fit: dict = field(default_factory=dict)  # FitConfig fields
+
+    def __post_init__(self):
+        if self.keep not in ("intended", "graded"):
+            raise ValueError(f"build-rbr keep must be 'intended' or 'graded', not {self.keep!r}")
 
     def identity(self) -> dict:
         """What must not change between a run and its resumption."""
@@ -171,7 +181,7 @@ class BuildRBR:
         graded = {g["key"]: g for g in read_cache(graded_path)}
         by_id = {p["prompt_id"]: p for p in prompts}
         for round_ in range(self.cfg.max_rounds):
-            kept = Counter((g["prompt_id"], g["intended_class"]) for g in graded.values() if g["kept"])
+            kept = Counter((g["prompt_id"], self.label(g)) for g in graded.values() if self.label(g))
             todo = []
             for p in prompts:
                 for cls in self.rules.response_types[p["response_type"]].class_names:
@@ -231,6 +241,15 @@ class BuildRBR:
                 graded.update({r["key"]: r for r in rows})
                 bar.update(len(batch))
 
+    def label(self, g: dict) -> str | None:
+        """The class a graded candidate contributes to the comparison data, or None (dropped)."""
+        if self.cfg.keep == "intended":
+            return g["intended_class"] if g["kept"] else None
+        # g["kept"] is False for an empty completion even when its class matches; graded_class None: no
+        # single class (contradictory propositions).
+        empty = g["graded_class"] == g["intended_class"] and not g["kept"]
+        return None if empty else g["graded_class"]
+
     # ------------------------------------------------------------------ 4. reward model
     def stage_rm(self, kept: list[dict], candidates: dict, by_id: dict) -> dict[str, float]:
         if not self.cfg.rm:
@@ -267,7 +286,7 @@ class BuildRBR:
         by_id = {p["prompt_id"]: p for p in prompts}
         graded = self.stage_generate_and_grade(prompts)
         candidates = {c["key"]: c for c in read_cache(self.dir / "candidates.jsonl")}
-        kept = [g for g in graded if g["kept"]]
+        kept = [g for g in graded if self.label(g)]
         rm_scores = self.stage_rm(kept, candidates, by_id)
 
         comparisons = []
@@ -275,7 +294,7 @@ class BuildRBR:
             p, c = by_id[g["prompt_id"]], candidates[g["key"]]
             row = {"prompt_id": g["prompt_id"], "conversation": p["conversation"], "category": p["category"],
                    "response_type": p["response_type"], "completion": c["completion"],
-                   "completion_class": g["intended_class"], "proposition_probs": g["proposition_probs"]}
+                   "completion_class": self.label(g), "intended_class": g["intended_class"], "proposition_probs": g["proposition_probs"]}
             if self.cfg.rm:
                 row["rm_score"] = rm_scores[g["key"]]
             comparisons.append(row)
@@ -298,18 +317,23 @@ class BuildRBR:
         rbr = RBRWeights(self.rules.fingerprint, weights, self.cfg.rm, metrics, {"build": asdict(self.cfg)})
         rbr.save(self.dir / "rbr_weights.json")
 
-        attempts, kept_n = Counter(), Counter()
+        # Yield: of the candidates written for a class, how many the grader put in it ("on target"); and how
+        # many comparison rows each class ended with (differs from on-target only with keep=graded).
+        attempts, on_target, kept_n = Counter(), Counter(), Counter()
         rt_of = {p["prompt_id"]: p["response_type"] for p in prompts}
         for g in graded:
             key = (rt_of[g["prompt_id"]], g["intended_class"])
             attempts[key] += 1
-            kept_n[key] += g["kept"]
+            on_target[key] += g["kept"]
+            if self.label(g):
+                kept_n[(rt_of[g["prompt_id"]], self.label(g))] += 1
         slots = Counter()
         for p in prompts:
             for cls in self.rules.response_types[p["response_type"]].class_names:
                 slots[(p["response_type"], cls)] += self.cfg.samples_per_class
-        yields = {f"{rt}/{cls}": {"wanted": slots[(rt, cls)], "attempts": attempts[(rt, cls)], "kept": kept_n[(rt, cls)],
-                                  "yield": (kept_n[(rt, cls)] / attempts[(rt, cls)]) if attempts[(rt, cls)] else None}
+        yields = {f"{rt}/{cls}": {"wanted": slots[(rt, cls)], "attempts": attempts[(rt, cls)],
+                                  "on_target": on_target[(rt, cls)], "kept": kept_n[(rt, cls)],
+                                  "yield": (on_target[(rt, cls)] / attempts[(rt, cls)]) if attempts[(rt, cls)] else None}
                   for rt, cls in sorted(slots)}
         report = {"prompts": len(prompts), "response_types": dict(Counter(p["response_type"] for p in prompts)),
                   "candidates": len(graded), "kept": len(comparisons), "yield": yields,

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--temperature", type=float, default=0.9)
     b.add_argument("--max-tokens", type=int, default=96)
     b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--keep", choices=["intended", "graded"], default="intended",
+                   help="comparison data: candidates graded in their intended class only (the paper), or every "
+                        "candidate labelled with the class the grader gives it")
     b.add_argument("--margin", type=float, default=1.0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--force", action="store_true", help="reuse cached stages even if the configuration changed")
@@ -52,7 +55,7 @@ def run_build(args) -> int:
                       writer=args.writer, engine=args.engine, prompt_classifier=args.prompt_classifier,
                       limit_prompts=args.limit_prompts, samples_per_class=args.samples_per_class,
                       max_rounds=args.max_rounds, temperature=args.temperature, max_tokens=args.max_tokens,
-                      batch_size=args.batch_size, seed=args.seed, fit={"margin": args.margin})
+                      batch_size=args.batch_size, seed=args.seed, keep=args.keep, fit={"margin": args.margin})
     report = BuildRBR(cfg, rules, force=args.force).run()
     print(open(f"{args.out}/report.md").read())
     if args.json:

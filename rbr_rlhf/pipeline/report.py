@@ -1,5 +1,5 @@
 """The build report: yields, error rates (RM-only, RBR-only, RM+RBR on held-out prompts) and the
-paper-style histograms of rewards centred on each prompt's ideal completion."""
+paper-style histograms of rewards centred on each prompt's ideal (or else best-ranked) completion."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..rules.ruleset import RuleSet
 
 
 def centred_rewards(rules: RuleSet, comparisons: list[dict], rbr: RBRWeights, use_rm: bool, use_rbr: bool) -> dict:
-    """{response type: [R(non-ideal) - R(ideal) for every held-out comparison]}; >= 0 is an error."""
+    """{response type: [R(worse) - R(best) for every held-out prompt's completions]}; >= 0 is an error."""
     build = rbr.config.get("build", {})  # the same split as the fit: same fraction, same seed
     val = split_by_prompt([c["prompt_id"] for c in comparisons], build.get("fit", {}).get("val_fraction", 0.2),
                           build.get("seed", 0))
@@ -34,11 +34,15 @@ def centred_rewards(rules: RuleSet, comparisons: list[dict], rbr: RBRWeights, us
                 total += float(rbr.vector(rules, rt.name) @ features_from_probs(rules, rt.name, r["proposition_probs"]))
             return total
 
-        ideal = [reward(r) for r in rows if r["completion_class"] == rt.ideal]
-        for i in ideal:
+        # Centre on the prompt's best-ranked completion: the ideal one, as in the paper, where the writer
+        # produced one; otherwise the best class it did produce (a small writer often never writes an ideal
+        # refusal, and its held-out prompts would otherwise show nothing).
+        rank = {name: k for k, name in enumerate(rt.class_names)}
+        best = min(rank[r["completion_class"]] for r in rows)
+        for b in [reward(r) for r in rows if rank[r["completion_class"]] == best]:
             for r in rows:
-                if r["completion_class"] != rt.ideal:
-                    out[rt.name].append(reward(r) - i)
+                if rank[r["completion_class"]] > best:
+                    out[rt.name].append(reward(r) - b)
     return out
 
 
@@ -72,8 +76,9 @@ def _plot(path: Path, hists: dict) -> None:
             else:
                 ax.set_title(f"{rt}: {name}\n(no held-out comparisons)", fontsize=9)
             ax.axvline(0, color="black", lw=1)
-            ax.set_xlabel("R(completion) - R(ideal)", fontsize=8)
-    fig.suptitle("Rewards centred on the ideal completion (held-out prompts); mass right of 0 = errors", fontsize=10)
+            ax.set_xlabel("R(completion) - R(best)", fontsize=8)
+    fig.suptitle("Rewards centred on each held-out prompt's best completion (the ideal one where written); "
+                 "mass right of 0 = errors", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -86,11 +91,15 @@ def _pct(v):
 def _markdown(r: dict) -> str:
     lines = ["# build-rbr report", "",
              f"{r['prompts']} prompts ({', '.join(f'{k}: {v}' for k, v in r['response_types'].items())}); "
-             f"{r['candidates']} candidates generated, {r['kept']} kept (graded class = intended class).", "",
-             "## Yield per completion type", "", "| response type / class | wanted | attempts | kept | yield |",
-             "| --- | --- | --- | --- | --- |"]
+             f"{r['candidates']} candidates generated, {r['kept']} kept "
+             f"({'graded class = intended class' if r['config'].get('keep', 'intended') == 'intended' else 'every candidate with one graded class, labelled with it'}).", "",
+             "## Yield per completion type", "",
+             "On target: candidates written for the class that the grader put in it (yield = on target / attempts). "
+             "Kept: comparison rows of the class.", "",
+             "| response type / class | wanted | attempts | on target | yield | kept |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for k, v in r["yield"].items():
-        lines.append(f"| {k} | {v['wanted']} | {v['attempts']} | {v['kept']} | {_pct(v['yield'])} |")
+        lines.append(f"| {k} | {v['wanted']} | {v['attempts']} | {v.get('on_target', v['kept'])} | {_pct(v['yield'])} | {v['kept']} |")
     if r["failed_completion_types"]:
         lines += ["", "The writer produced **no** accepted completion for: " + ", ".join(r["failed_completion_types"]) + "."]
     fit = r.get("fit") or {}

@@ -36,6 +36,7 @@ from typing import Sequence
 import httpx
 import torch
 
+from ..procs import die_with_parent
 from .types import Generation, WeightSyncError, chat_prompt_ids
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class VLLMServer:
         self._log = open(self.log_path, "w")
         # A new session: stop() can kill the whole process group (vLLM spawns engine/worker processes).
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from ..procs import die_with_parent
+
 READY_LINE = re.compile(r"grader service .* on (http://\S+)")
 
 
@@ -133,7 +135,7 @@ class GraderProcess:
         self._log = open(self.log_path, "w")
         # Own session: stop() signals the whole group, so nothing the service started outlives it.
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,53 @@
+"""Shared helpers for the end-to-end PPO tests (resume, 2 ranks, vLLM path, fault tolerance, launchers).
+
+``tiny_assets`` builds, once per session, the small real assets a PPO run needs: a helpful RM trained on
+64 HH-RLHF pairs, a fast classifier grader trained on 150 gold proposition labels, and RBR weights fitted
+on synthetic comparisons. ``run_args`` turns them into a few-second-per-step run of the CPU recipe.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory, gold_dir, default_rules) -> Path:
+    from rbr_rlhf.cli import main
+    from test_rbr import synthetic_comparisons
+
+    d = tmp_path_factory.mktemp("assets")
+    assert main(["train-rm", "--data", str(gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"), "--limit", "64",
+                 "--max-length", "64", "--out", str(d / "rm")]) == 0
+    rows = [json.loads(l) for l in (gold_dir / "train.jsonl").read_text().splitlines()[:150]]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["grader", "train-classifier", "--train", str(d / "train.jsonl"), "--out", str(d / "grader"), "--lm", "none"]) == 0
+    (d / "comparisons.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic_comparisons(default_rules, 30)))
+    assert main(["rbr", "fit", "--data", str(d / "comparisons.jsonl"), "--out", str(d / "rbr")]) == 0
+    return d
+
+
+def run_args(assets: Path, run_dir: Path, *extra: str) -> list[str]:
+    """``rbr-rlhf train`` arguments: the CPU recipe on the tiny assets, transformers rollouts, 12 new tokens."""
+    return ["smollm2-135m-cpu", f"run_dir={run_dir}", f"reward_model.path={assets / 'rm'}",
+            f"rbr.grader=classifier:{assets / 'grader'}", f"rbr.weights={assets / 'rbr' / 'rbr_weights.json'}",
+            f"data.safety_prompts={DATA / 'rbr_gold' / 'train.jsonl'}", "data.limit=40", "eval_before_after=false",
+            "rollout.engine=transformers", "rollout.max_tokens=12", "ppo.prompts_per_step=4", "ppo.minibatch_size=2",
+            "ppo.epochs=1", "checkpoint.every=1", "checkpoint.export_hf=false", *extra]
+
+
+def launch(args: list[str], log: Path, env_extra: dict | None = None) -> subprocess.Popen:
+    """``rbr-rlhf train ARGS`` in its own process group (so a test can kill -9 the whole run)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "rbr_rlhf.cli", "train", *args], cwd=REPO, env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def metrics(run_dir: Path) -> dict[int, dict]:
+    return {m["step"]: m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
