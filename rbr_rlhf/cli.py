@@ -19,10 +19,13 @@ COMMAND_MODULES = [
     "rbr_rlhf.grader.cli",     # grader eval, grader train-classifier
     "rbr_rlhf.rbr.cli",        # grade, rbr fit
     "rbr_rlhf.rm.cli",         # train-rm, eval-rm
+    "rbr_rlhf.adaptive.cli",   # adaptive check/split/score/train-adapter/agreement
     "rbr_rlhf.pipeline.cli",   # build-rbr, classify-prompts
     "rbr_rlhf.rollout.cli",    # serve-rollout
     "rbr_rlhf.service.cli",    # serve-grader
     "rbr_rlhf.ppo.cli",        # train
+    "rbr_rlhf.launch.cli",     # launch slurm, launch local, launch prepare
+    "rbr_rlhf.configref",      # config-reference
 ]
 
 

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # One install script for every world: the README, .ci/run and the Dockerfiles all call it.
 #   scripts/install.sh [cpu|gpu]    (default: cpu)
+#   scripts/install.sh slurm        Debian/Ubuntu: slurmctld, slurmd, munge for the one-node SLURM test (root, apt)
 # It creates (or reuses) a virtual environment at $VENV (default: .venv in the repo root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLAVOR="${1:-cpu}"
+
+if [ "$FLAVOR" = slurm ]; then
+  if ! command -v apt-get >/dev/null; then echo "install.sh slurm: no apt-get here" >&2; exit 1; fi
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends slurmd slurmctld slurm-client munge
+  exit 0
+fi
 VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
@@ -27,6 +36,6 @@ if [ "$FLAVOR" = cpu ]; then
 elif [ "$FLAVOR" = gpu ]; then
   "${PIP[@]}" -e ".[gpu,dev]"
 else
-  echo "usage: scripts/install.sh [cpu|gpu]" >&2; exit 2
+  echo "usage: scripts/install.sh [cpu|gpu|slurm]" >&2; exit 2
 fi
 "$VENV/bin/python" -c "import torch, transformers, rbr_rlhf; print('rbr-rlhf installed: torch', torch.__version__, 'transformers', transformers.__version__)"

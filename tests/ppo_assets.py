@@ -7,8 +7,10 @@ on synthetic comparisons. ``run_args`` turns them into a few-second-per-step run
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,48 @@ def launch(args: list[str], log: Path, env_extra: dict | None = None) -> subproc
 
 def metrics(run_dir: Path) -> dict[int, dict]:
     return {m["step"]: m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+# ------------------------------------------------------------------ processes (Linux /proc)
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the services the trainer started run in their own sessions)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # zombie: exited
+    except OSError:
+        return False
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(cond, proc, log: Path, timeout: float = 900, interval: float = 0.5):
+    """Poll ``cond`` while ``proc`` runs; fail with the log's tail if it exits or time runs out."""
+    deadline = time.time() + timeout
+    while not cond():
+        assert proc.poll() is None, f"run exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(interval)

@@ -1,6 +1,8 @@
-"""The RBR-PPO main job on CPU: config errors, the clean-start check, exact resume after kill -9 (and a
-resume with a changed reward model refused), 2 ranks on gloo, and the real vLLM rollout path. The end-to-end tests share the
-small real assets of ``ppo_assets.tiny_assets``."""
+"""The RBR-PPO main job on CPU: config errors, the clean-start check, exact resume after kill -9 during a
+checkpoint write (a resume with a changed reward model refused, a grader outage stopping the run), 2 ranks
+on gloo, and the real vLLM rollout path (with its server killed and restarted mid-run). The end-to-end
+tests share the small real assets of ``ppo_assets.tiny_assets``; each run costs minutes on 2 cores, so
+scenarios share runs."""
 
 import json
 import os
@@ -12,7 +14,7 @@ import time
 
 import pytest
 
-from ppo_assets import DATA, REPO, launch, metrics, run_args
+from ppo_assets import DATA, REPO, alive, children, cmdline, kill_group, launch, metrics, run_args, wait_for
 from rbr_rlhf.ppo.config import load_config
 from rbr_rlhf.ppo.run import check_run_dir
 
@@ -33,56 +35,42 @@ def test_unusable_run_dir_fails_before_training(tmp_path):
         check_run_dir(tmp_path / "run", min_free_gib=10 ** 9)
 
 
-def alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-    except OSError:
-        return False
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = open(f"/proc/{d}/stat").read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
-    return out
-
-
 @pytest.mark.slow
 def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
+    """4 steps straight vs: kill -9 of the whole run while step 3's checkpoint is being written, resume=auto
+    (the torn checkpoint is skipped, step 2 is the newest whole one), steps 3-4 again: the per-step
+    metrics agree. Then a resume with another reward model is refused, and in one more resumed step the
+    grader service is killed: the run stops with a clear error and writes no metrics (no zero reward)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     p = launch(run_args(tiny_assets, straight, "total_steps=4"), tmp_path / "straight.log")
     assert p.wait(timeout=900) == 0, (tmp_path / "straight.log").read_text()[-3000:]
 
-    p = launch(run_args(tiny_assets, resumed, "total_steps=4"), tmp_path / "killed.log")
-    deadline = time.time() + 900
-    while not (resumed / "checkpoints" / "step-2" / "COMPLETE").exists():
-        assert p.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
-        time.sleep(0.5)
-    services = child_pids(p.pid)  # the grader service (its own session, so killpg does not reach it)
-    assert services
-    os.killpg(p.pid, signal.SIGKILL)  # kill -9 of the trainer
-    p.wait()
+    log = tmp_path / "killed.log"
+    p = launch(run_args(tiny_assets, resumed, "total_steps=4"), log)
+    ckpts = resumed / "checkpoints"
+    try:
+        wait_for(lambda: (ckpts / ".tmp-step-3" / "actor").exists(), p, log, interval=0.02)
+        services = children(p.pid)  # the grader service (its own session, so killpg does not reach it)
+        assert services
+        kill_group(p.pid)  # kill -9 of the trainer, mid-write
+        p.wait(timeout=60)
+    finally:
+        kill_group(p.pid)
     deadline = time.time() + 60  # ... and its services go with it (PR_SET_PDEATHSIG), not orphaned
     while any(alive(c) for c in services):
         assert time.time() < deadline, f"services {services} outlived the killed trainer"
         time.sleep(0.5)
-    # A checkpoint torn mid-write (as a kill during a save leaves it) must be skipped, not loaded.
-    torn = resumed / "checkpoints" / "step-9"
-    torn.mkdir()
-    (torn / "trainer_state.json").write_text("{")
-    p = launch(run_args(tiny_assets, resumed, "total_steps=4", "resume=auto"), tmp_path / "resume.log")
-    assert p.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-3000:]
-    log = (tmp_path / "resume.log").read_text()
-    assert "skipping torn checkpoint" in log and "resumed from" in log
+    assert (ckpts / "step-2" / "COMPLETE").exists() and not (ckpts / "step-3").exists(), list(ckpts.iterdir())
+    assert (ckpts / ".tmp-step-3").exists()  # torn: killed mid-write
 
+    log = tmp_path / "resume.log"
+    p = launch(run_args(tiny_assets, resumed, "total_steps=4", "resume=auto"), log)
+    assert p.wait(timeout=900) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "skipping torn checkpoint" in text and "resumed from" in text and "checkpoints/step-2" in text
     a, b = metrics(straight), metrics(resumed)
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]  # the killed run's step 3 line was dropped
     for step in (3, 4):
         for key in ("reward/total", "reward/rm", "kl/sequence_mean", "policy/loss", "value/loss", "kl/coef"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
@@ -91,11 +79,27 @@ def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
     # Resuming with another reward model (a copy elsewhere) is refused: the checkpoint records what it was
     # trained with (rule-set fingerprint, policy, reward model, RBR weights fingerprint).
     shutil.copytree(tiny_assets / "rm", tmp_path / "rm2")
-    p = launch(run_args(tiny_assets, resumed, "total_steps=5", "resume=auto", f"reward_model.path={tmp_path / 'rm2'}"),
-               tmp_path / "changed.log")
+    log = tmp_path / "changed.log"
+    p = launch(run_args(tiny_assets, resumed, "total_steps=5", "resume=auto", f"reward_model.path={tmp_path / 'rm2'}"), log)
     assert p.wait(timeout=900) != 0
-    log = (tmp_path / "changed.log").read_text()
-    assert "resume refused" in log and "reward_model" in log, log[-3000:]
+    text = log.read_text()
+    assert "resume refused" in text and "reward_model" in text, text[-3000:]
+
+    # The grader service dies after the resume: step 5 cannot be scored; the client retries, then the run
+    # stops with a clear error, and no metrics line (no zero reward in its place) is written for step 5.
+    log = tmp_path / "outage.log"
+    p = launch(run_args(tiny_assets, resumed, "total_steps=5", "resume=auto"), log)
+    try:
+        wait_for(lambda: "resumed from" in log.read_text(), p, log)
+        graders = [c for c in children(p.pid) if "serve-grader" in cmdline(c)]
+        assert len(graders) == 1
+        kill_group(graders[0])
+        assert p.wait(timeout=600) != 0
+    finally:
+        kill_group(p.pid)
+    text = log.read_text()
+    assert "GraderServiceError" in text and "failed after 5 tries" in text, text[-3000:]
+    assert sorted(metrics(resumed)) == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -114,17 +118,30 @@ def test_two_rank_cpu_run(tiny_assets, tmp_path):
 @pytest.mark.slow
 def test_vllm_rollout_server_run(tiny_assets, tmp_path):
     """The real thing: a vLLM rollout server child process, the grader service, DeepSpeed, weight sync,
-    evaluation before and after, the report plot and the exported policy."""
+    evaluation before and after, the report plot and the exported policy. After step 1 the rollout server
+    is killed (kill -9 of its process group): the trainer notices in step 2, starts a new server, pushes
+    the current weights under the current version and redoes step 2."""
     run = tmp_path / "vllm"
     data = DATA
     args = run_args(tiny_assets, run, "total_steps=2", "rollout.engine=vllm", "eval_before_after=true",
                     f"data.eval_prompts={data / 'rbr_gold' / 'test.jsonl'}", "data.eval_limit=6",
                     f"data.xstest={data / 'xstest' / 'xstest_prompts.csv'}", "data.xstest_limit=4", "checkpoint.export_hf=true")
-    p = launch(args, tmp_path / "vllm.log")
-    assert p.wait(timeout=1200) == 0, (tmp_path / "vllm.log").read_text()[-4000:]
+    log = tmp_path / "vllm.log"
+    p = launch(args, log)
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists(), p, log, timeout=1200)
+        servers = [c for c in children(p.pid) if "vllm.entrypoints" in cmdline(c)]
+        assert len(servers) == 1, [cmdline(c) for c in children(p.pid)]
+        kill_group(servers[0])
+        assert p.wait(timeout=1200) == 0, log.read_text()[-4000:]
+    finally:
+        kill_group(p.pid)
+    text = log.read_text()
+    assert "[recover] rollout failed" in text and "redoing step 2" in text, text[-4000:]
     m = metrics(run)
-    assert m[2]["weight_version"] == 2
+    assert sorted(m) == [1, 2] and m[1]["weight_version"] == 1 and m[2]["weight_version"] == 2
     assert m[1]["logprob_gap/engine_vs_trainer"] < 0.05  # vLLM and the trainer agree on log-probabilities
+    assert m[2]["logprob_gap/engine_vs_trainer"] < 0.05  # ... also on the restarted server, re-synced
     summary = json.loads((run / "summary.json").read_text())
     assert {"before", "after"} <= set(summary)
     # 6 gold + 4 XSTest prompts, less any whose prompt does not fit the model length

@@ -23,7 +23,14 @@ def run_train(args) -> int:
     print(to_yaml(cfg), flush=True)
     if args.print_config:
         return 0
-    from .run import train
+    from pathlib import Path
+
+    from .run import check_run_dir, train
+
+    try:  # an unwritable or full run directory: one clear error (exit 2) before any model is loaded
+        check_run_dir(Path(cfg.run_dir))
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None  # ValueError, not CLIError: that class differs under `python -m rbr_rlhf.cli`
 
     train(cfg)
     return 0

@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 
 @dataclass
 class LoraSettings:
-    enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    enabled: bool = True              # train LoRA adapters (false: full fine-tuning)
+    r: int = 16                       # LoRA rank
+    alpha: int = 32                   # LoRA scaling alpha
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
 
 
 @dataclass
@@ -40,8 +40,8 @@ class RewardModelConfig:
 
 @dataclass
 class RBRConfig:
-    enabled: bool = True
-    rules: str = "default"
+    enabled: bool = True              # add the RBR term (false: R = R_rm everywhere)
+    rules: str = "default"            # rule set: "default" or a YAML path
     grader: Optional[str] = None      # grader spec for the grader service this run starts
     weights: Optional[str] = None     # rbr_weights.json; built by build-rbr when missing and `build` is set
     service_url: Optional[str] = None  # use a running grader service instead of starting one
@@ -54,83 +54,111 @@ class RBRConfig:
 class RolloutConfig:
     engine: str = "vllm"              # "vllm" (a rollout server) or "transformers" (in-process)
     url: Optional[str] = None         # connect to a running rollout server instead of starting one
-    max_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    samples_per_prompt: int = 1
-    max_model_len: int = 1024
-    kv_cache_gib: int = 2
+    max_tokens: int = 48              # new tokens per completion
+    temperature: float = 1.0          # sampling temperature
+    top_p: float = 1.0                # nucleus sampling
+    samples_per_prompt: int = 1       # completions per prompt
+    max_model_len: int = 1024         # vLLM context length
+    kv_cache_gib: int = 2             # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
 
 
 @dataclass
 class DataConfig:
     safety_prompts: Optional[str] = None   # prompts with category/response type (JSONL...)
     benign_prompts: Optional[str] = None   # prompts with no safety response type (R = R_rm)
-    benign_fraction: float = 0.5
-    max_prompt_tokens: int = 256
+    benign_fraction: float = 0.5      # share of benign prompts when both sets are given
+    max_prompt_tokens: int = 256      # longer (chat-templated) prompts are left out
     eval_prompts: Optional[str] = None     # held-out prompts with categories (safety metrics)
-    eval_limit: int = 32
+    eval_limit: int = 32              # held-out prompts evaluated
     xstest: Optional[str] = None           # xstest_prompts.csv
-    xstest_limit: int = 24
-    limit: Optional[int] = None
+    xstest_limit: int = 24            # XSTest prompts evaluated
+    limit: Optional[int] = None       # read at most this many prompts per file
 
 
 @dataclass
 class KLConfig:
     type: str = "adaptive"            # "fixed" or "adaptive" (Ziegler et al.)
-    init: float = 0.05
-    target: float = 6.0
-    horizon: int = 10000
+    init: float = 0.05                # initial KL coefficient
+    target: float = 6.0               # adaptive: target KL per sequence
+    horizon: int = 10000              # adaptive: horizon in samples
 
 
 @dataclass
 class PPOSettings:
-    prompts_per_step: int = 8
-    epochs: int = 2
-    minibatch_size: int = 4
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    gamma: float = 1.0
-    lam: float = 0.95
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    whiten_advantages: bool = True
-    max_grad_norm: float = 1.0
-    lr: float = 1e-5
-    critic_lr: float = 1e-5
-    warmup_steps: int = 2
+    prompts_per_step: int = 8         # prompts per PPO step (rollout batch)
+    epochs: int = 2                   # PPO epochs over each batch
+    minibatch_size: int = 4           # samples per minibatch, per rank
+    clip_range: float = 0.2           # policy ratio clip
+    clip_range_value: float = 0.2     # value clip
+    gamma: float = 1.0                # GAE discount
+    lam: float = 0.95                 # GAE lambda
+    vf_coef: float = 0.5              # value loss weight
+    ent_coef: float = 0.0             # entropy bonus weight
+    whiten_advantages: bool = True    # normalise advantages per batch
+    max_grad_norm: float = 1.0        # gradient clipping
+    lr: float = 1e-5                  # actor learning rate
+    critic_lr: float = 1e-5           # critic learning rate
+    warmup_steps: int = 2             # linear LR warm-up steps
     kl: KLConfig = field(default_factory=KLConfig)
     reward_norm: bool = False         # running mean/std normalisation of the sequence reward
-    reward_clip: Optional[float] = None
+    reward_clip: Optional[float] = None  # clip the sequence reward to [-x, x]
 
 
 @dataclass
 class DeepSpeedSettings:
-    zero_stage: int = 2
-    offload_optimizer: bool = False
-    offload_param: bool = False
+    zero_stage: int = 2               # ZeRO stage: 2 or 3
+    offload_optimizer: bool = False   # optimizer states on CPU
+    offload_param: bool = False       # parameters on CPU (ZeRO-3 only)
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1
-    keep_last: int = 2
+    every: int = 1                    # checkpoint every N steps (and at the last)
+    keep_last: int = 2                # whole checkpoints kept
     export_hf: bool = True            # also write the final policy as a Hugging Face directory
 
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
-    wandb: bool = False
-    wandb_project: str = "rbr-rlhf"
+    tensorboard: bool = True          # RUN_DIR/tensorboard
+    wandb: bool = False               # also log to Weights & Biases
+    wandb_project: str = "rbr-rlhf"   # W&B project
+
+
+@dataclass
+class LaunchConfig:
+    """Cluster specifics for ``rbr-rlhf launch slurm|local`` (``rbr-rlhf train`` itself ignores them)."""
+    nodes: int = 1                        # default for --nodes
+    service_nodes: int = 0                # nodes given to the rollout server and grader service alone (0: they share the first node)
+    gpus_per_node: int = 0                # GPUs to request per node (0: CPU ranks)
+    nproc_per_node: Optional[int] = None  # trainer ranks per training node (default: its training GPUs, or 1)
+    rollout_gpus: str = ""                # CUDA_VISIBLE_DEVICES of the rollout server on its node, e.g. "0"
+    grader_gpus: str = ""                 # CUDA_VISIBLE_DEVICES of the grader service
+    train_gpus: str = ""                  # CUDA_VISIBLE_DEVICES of the trainer ranks (e.g. "1,2,3" beside a rollout GPU)
+    master_port: int = 29500              # torchrun rendezvous port on the first training node
+    rollout_port: int = 8800              # port of the rollout server the job starts
+    grader_port: int = 8700               # port of the grader service the job starts
+    bind_host: str = ""                   # where services listen in multi-node jobs ("": the service node's hostname, not 0.0.0.0; one node: 127.0.0.1)
+    env: dict = field(default_factory=dict)   # exported for every role: NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, ...
+    shared_dir: Optional[str] = None      # a directory all nodes see; a relative run_dir is placed under it
+    setup: str = ""                       # shell lines run first in the job (module load ..., source venv/bin/activate)
+    python: Optional[str] = None          # the interpreter with rbr-rlhf installed (default: the one launching)
+    partition: Optional[str] = None       # sbatch --partition (the command line's --partition wins)
+    time: Optional[str] = None            # sbatch --time, e.g. "04:00:00" (--time wins)
+    account: Optional[str] = None         # sbatch --account (--account wins)
+    cpus_per_task: Optional[int] = None   # sbatch --cpus-per-task
+    mem: Optional[str] = None             # sbatch --mem, e.g. "200G"
+    exclusive: bool = True                # whole nodes (#SBATCH --exclusive)
+    signal_seconds: int = 120             # SIGUSR1 this long before the time limit: checkpoint, stop (and requeue)
+    sbatch_args: list = field(default_factory=list)   # extra "#SBATCH ..." options, e.g. ["--qos=high"]
 
 
 @dataclass
 class TrainConfig:
-    name: str = "run"
-    run_dir: str = "runs/run"
-    seed: int = 0
-    total_steps: int = 8
+    name: str = "run"                 # run name (logs, W&B, job name)
+    run_dir: str = "runs/run"         # metrics, checkpoints, logs, report, policy
+    seed: int = 0                     # seeds prompts order, rollouts, minibatches
+    total_steps: int = 8              # PPO steps
     resume: Optional[str] = None      # null, "auto" (newest whole checkpoint) or a checkpoint path
     force_resume: bool = False        # resume even if the rule set or models changed
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -143,7 +171,8 @@ class TrainConfig:
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    eval_before_after: bool = True
+    eval_before_after: bool = True    # safety evaluation before and after training
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def load_config(recipe: str | None, overrides: list[str]) -> TrainConfig:

@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,52 @@ def check_run_dir(run_dir: Path, min_free_gib: float = 2.0) -> None:
     free = shutil.disk_usage(run_dir).free / 2 ** 30
     if free < min_free_gib:
         raise RuntimeError(f"only {free:.1f} GiB free under {run_dir}; checkpoints need at least {min_free_gib} GiB")
+
+
+class StopRequest:
+    """"Checkpoint at the end of this step and exit", asked for by a signal or a file.
+
+    SLURM sends SIGTERM at the time limit or on preemption (and SIGUSR1 when the job asks for it with
+    ``--signal``); the sbatch script of ``rbr-rlhf launch slurm`` turns its own early SIGUSR1 into a file
+    named ``STOP`` in the run directory, which reaches every launcher (torchrun would not forward SIGUSR1).
+    The handler only sets a flag: the step in flight finishes, a checkpoint is written, the run returns,
+    and ``resume=auto`` continues from there. A second signal stops at once (the default action).
+    Installed only around the training loop, so asset building and evaluation keep the default handlers.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self, run_dir: Path):
+        self.file = Path(run_dir) / "STOP"
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            self.uninstall()
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        print(f"[run] {signal.Signals(signum).name}: writing a checkpoint at the end of this step, then stopping "
+              "(send it again to stop at once)", flush=True)
+
+    def requested(self) -> bool:
+        return self.signum is not None or self.file.exists()
+
+    def acknowledge(self, rank: int) -> None:
+        if rank == 0:
+            self.file.unlink(missing_ok=True)
+
+    def uninstall(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
 
 
 # ---------------------------------------------------------------------------- assets (rank 0)
@@ -252,14 +300,32 @@ def train(cfg: TrainConfig) -> dict:
 
         bar = tqdm(total=cfg.total_steps, initial=trainer.step, desc="RBR-PPO", unit="step", file=sys.stderr,
                    disable=rank != 0)
-        while trainer.step < cfg.total_steps:
-            metrics = _step_with_recovery(trainer, services, rank)
-            trainer.log(metrics)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl=f"{metrics['kl/sequence_mean']:.3f}")
-            if trainer.step % cfg.checkpoint.every == 0 or trainer.step == cfg.total_steps:
-                trainer.save_checkpoint()
+        stop = StopRequest(run_dir).install()
+        try:
+            while trainer.step < cfg.total_steps:
+                metrics = _step_with_recovery(trainer, services, rank)
+                trainer.log(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl=f"{metrics['kl/sequence_mean']:.3f}")
+                saved = trainer.step % cfg.checkpoint.every == 0 or trainer.step == cfg.total_steps
+                if saved:
+                    trainer.save_checkpoint()
+                # Rank 0 decides for every rank, so all of them write the checkpoint and leave together.
+                if trainer.step < cfg.total_steps and trainer._broadcast(stop.requested() if rank == 0 else None):
+                    if not saved:
+                        trainer.save_checkpoint()
+                    stop.acknowledge(rank)
+                    summary["stopped_at_step"] = trainer.step
+                    break
+        finally:
+            stop.uninstall()
         bar.close()
+        if "stopped_at_step" in summary:
+            if rank == 0:
+                why = signal.Signals(stop.signum).name if stop.signum else f"{stop.file} found"
+                print(f"[run] stopped on request ({why}) after step {trainer.step} with a whole checkpoint; "
+                      "continue with resume=auto", flush=True)
+            return summary
 
         if rank == 0:
             if cfg.eval_before_after and eval_rows:
@@ -282,15 +348,31 @@ def _step_with_recovery(trainer, services, rank: int) -> dict:
     from ..rollout.vllm_server import ServerError
 
     state = trainer.prompts.state_dict()
+    updates = getattr(trainer.actor, "global_steps", None)
     try:
         return trainer.train_step()
     except ServerError as e:
-        if rank != 0 or not services.restart_rollout():
+        if rank != 0:
             raise
+        step = trainer.step + 1
+        if trainer.world > 1:  # the other ranks wait in this step's collectives: no redo, a clear stop
+            raise ServerError(f"rollout failed in step {step} of a {trainer.world}-rank run ({e}); restart the run "
+                              "with resume=auto to continue from the last whole checkpoint") from e
+        if getattr(trainer.actor, "global_steps", None) != updates:
+            # The policy was already updated when the weight sync failed: redoing the step would apply a
+            # second update for the same batch. Stop instead; the last checkpoint is before this step.
+            raise ServerError(f"the rollout server failed during the weight sync of step {step}, after the policy "
+                              f"update ({e}); restart with resume=auto to redo step {step} from the last whole "
+                              "checkpoint") from e
+        if not services.restart_rollout():
+            raise ServerError(f"rollout failed in step {step} and the rollout server at {trainer.cfg.rollout.url} is "
+                              f"not ours to restart ({e}); restart it, then resume with resume=auto") from e
         print(f"[recover] rollout failed ({e}); restarted the server, re-syncing weights and redoing step "
-              f"{trainer.step + 1}", flush=True)
+              f"{step}", flush=True)
         trainer.engine = services.engine
         trainer.prompts.load_state_dict(state)
+        # Push the current weights again under the current version number (the new server starts at 0).
+        trainer.engine.weight_version = trainer.weight_version - 1
         trainer.sync_weights()
         return trainer.train_step()
 

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -365,6 +366,8 @@ class PPOTrainer:
     def save_checkpoint(self) -> Path | None:
         staging = ckpt.staging_dir(self.run_dir, self.step)
         if self.rank == 0:
+            if staging.exists():  # left by a run killed mid-write: start clean, no stale files in the new one
+                shutil.rmtree(staging)
             staging.mkdir(parents=True, exist_ok=True)
         d = _dist()
         if d is not None:
@@ -409,7 +412,21 @@ class PPOTrainer:
         if self.engine is not None:
             self.engine.weight_version = state["weight_version"] - 1
         self.sync_weights()
+        self._truncate_metrics(self.step)
         log.warning("resumed from %s at step %d (rollout weight version now %s)", path, self.step, self.weight_version)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics lines of steps after the checkpoint: they are redone, and metrics.jsonl keeps one
+        line per step. Written to a temporary file and renamed, so a crash here loses nothing."""
+        if self.rank != 0 or not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines()
+        kept = [l for l in lines if l.strip() and _line_step(l) <= step]
+        if len(kept) != len(lines):
+            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(l + "\n" for l in kept))
+            os.replace(tmp, self.metrics_path)
+            log.warning("metrics.jsonl: dropped %d line(s) after step %d (those steps are redone)", len(lines) - len(kept), step)
 
     def export_policy(self, out: Path) -> None:
         """The trained policy as a Hugging Face directory (LoRA merged)."""
@@ -422,3 +439,11 @@ class PPOTrainer:
         state = merged_policy_state_dict(module)
         base.save_pretrained(out, state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
+
+
+def _line_step(line: str) -> int:
+    """The step of a metrics.jsonl line; a line torn by a crash counts as after every checkpoint."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62

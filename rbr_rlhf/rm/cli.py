@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--lora", action="store_true", help="train LoRA adapters (merged before saving)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true")
+    # Labelling schemes from data-adaptive safety rules (--adaptive-rules K, --all-rules, --random-rules K).
+    from ..adaptive.cli import add_train_rm_arguments
+
+    add_train_rm_arguments(train)
     train.set_defaults(handler=run_train)
 
     ev = sub.add_parser("eval-rm", help="pairwise accuracy of a reward model (ties count as wrong)")
@@ -49,13 +53,15 @@ def load_pairs(path: str, limit: int | None = None) -> list[tuple[str, str]]:
 
 def run_train(args) -> int:
     from ..cli import print_json
+    from ..adaptive.cli import relabel_for_train_rm
     from .train import RMTrainConfig, split_pairs, train_reward_model
 
     pairs = load_pairs(args.data, args.limit)
+    pairs, label_info = relabel_for_train_rm(args, pairs)  # unchanged for the original labels
     train, held = split_pairs(pairs, args.eval_fraction, args.seed)
     cfg = RMTrainConfig(base=args.base, max_length=args.max_length, epochs=args.epochs, lr=args.lr,
                         batch_size=args.batch_size, lora=args.lora, seed=args.seed)
-    info = train_reward_model(train, args.out, cfg, held, {"data": str(args.data), "labels": "original"})
+    info = train_reward_model(train, args.out, cfg, held, {"data": str(args.data), **label_info})
     acc = info.get("eval_accuracy")
     print(f"reward model -> {args.out}  ({info['train_pairs']} pairs, {info['train_seconds']} s)")
     if acc is not None:
