@@ -4,7 +4,11 @@ Same model, prompts, batch and max tokens; both sample at temperature 1 with ``i
 approximated by counting the tokens each actually generated. Prints generated tokens/s of each and the
 ratio, measured in this one run.
 
-    .venv/bin/python benchmarks/bench_rollout.py [--prompts 16] [--max-tokens 64]
+    .venv/bin/python benchmarks/bench_rollout.py [--prompts 16] [--samples 1] [--max-tokens 64] [--compile]
+
+``--samples N`` asks each engine for N completions per prompt (PPO's ``rollout.samples_per_prompt``);
+``--compile`` starts vLLM without ``--enforce-eager`` (torch.compile: minutes more start-up, cached in
+~/.cache/vllm afterwards). Start-up is not part of either rate.
 """
 
 import argparse
@@ -17,6 +21,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="vLLM with torch.compile instead of eager mode")
     args = ap.parse_args()
 
     from rbr_rlhf.models import resolve_model
@@ -32,19 +38,21 @@ def main():
         best = 0.0
         for r in range(args.repeats):
             t = time.perf_counter()
-            gens = engine.generate(convs, n=1, temperature=1.0, max_tokens=args.max_tokens, seed=r)
+            gens = engine.generate(convs, n=args.samples, temperature=1.0, max_tokens=args.max_tokens, seed=r)
             tokens = sum(len(g.token_ids) for g in gens)
             best = max(best, tokens / (time.perf_counter() - t))
         return best
 
-    hf = TransformersEngine(args.model, batch_size=args.prompts)
+    hf = TransformersEngine(args.model, batch_size=args.prompts * args.samples)
     hf_tps = measure(hf)
     del hf
-    with VLLMServer(args.model, max_model_len=1024) as server:
+    with VLLMServer(args.model, max_model_len=1024, enforce_eager=not args.compile,
+                    max_num_seqs=max(32, args.prompts * args.samples)) as server:
         vllm_tps = measure(VLLMEngine(server.url, resolve_model(args.model)))
     print(f"transformers generate: {hf_tps:.1f} tokens/s")
     print(f"vLLM rollout server:   {vllm_tps:.1f} tokens/s")
-    print(f"ratio vLLM / transformers: {vllm_tps / hf_tps:.2f}x  ({args.prompts} prompts, {args.max_tokens} max tokens)")
+    print(f"ratio vLLM / transformers: {vllm_tps / hf_tps:.2f}x  ({args.prompts} prompts x {args.samples} samples, "
+          f"{args.max_tokens} max tokens, vLLM {'compiled' if args.compile else 'eager'})")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,27 @@ def test_server_stops_without_orphans(vllm_engine):
     server.stop()
     time.sleep(1)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_file_transport_writes_to_ram_and_cleans_up(tmp_path):
+    """With no directory given the weight file goes to /dev/shm (same host, no disk write-back) and close()
+    removes it and the directory; a given directory (a shared path for a remote server) is used as is."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rbr_rlhf.rollout.vllm_server import FileWeightTransport, _ram_dir
+
+    emb = torch.randn(4, 3)
+    state = {"embed.weight": emb, "lm_head.weight": emb}  # tied: shared storage must be written twice
+    t = FileWeightTransport()
+    path = t.write(state)
+    if _ram_dir():
+        assert str(path).startswith("/dev/shm/")
+    assert torch.equal(load_file(str(path))["lm_head.weight"], emb)
+    t.close()
+    assert not path.exists() and not t.dir.exists()
+    given = FileWeightTransport(str(tmp_path / "sync"))
+    path = given.write(state)
+    assert path.parent == tmp_path / "sync"
+    given.close()
+    assert not path.exists() and (tmp_path / "sync").is_dir()  # a directory we did not create stays

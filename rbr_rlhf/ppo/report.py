@@ -25,7 +25,10 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:
-            ax.plot(steps, series(k), marker="o", ms=3, label=k.split("/", 1)[-1])
+            # The label drops the panel's own prefix ("reward/total" -> "total") but keeps what tells two
+            # series apart ("policy/loss" vs "value/loss").
+            label = k.split("/", 1)[-1] if title in ("rewards", "KL", "safety") else k
+            ax.plot(steps, series(k), marker="o", ms=3, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)

@@ -218,7 +218,10 @@ class Services:
             self.rollout_server = VLLMServer(self.policy_path, max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib,
                                              log_path=str(self.logs / "rollout.log")).start()
             url = self.rollout_server.url
-        self.engine = VLLMEngine(url, self.policy_path, sync_dir=str(Path(self.cfg.run_dir) / "weight_sync"))
+        # Our own server shares this host: the transport's RAM directory. A server given by URL may be on
+        # another node: the run directory, which a cluster job keeps on the shared filesystem.
+        sync_dir = None if self.rollout_server is not None else str(Path(self.cfg.run_dir) / "weight_sync")
+        self.engine = VLLMEngine(url, self.policy_path, sync_dir=sync_dir)
 
     def restart_rollout(self) -> bool:
         """After the rollout server died: start a new one (only if we own it). Returns whether we did."""
@@ -226,10 +229,13 @@ class Services:
             return False
         print(f"[services] the rollout server died; its log ends with:\n{self.rollout_server.log_tail(10)}", flush=True)
         self.rollout_server.stop()
+        self.engine.close()
         self.start_rollout()
         return True
 
     def stop(self) -> None:
+        if self.engine is not None and hasattr(self.engine, "close"):
+            self.engine.close()
         for proc in (self.rollout_server, self.grader_process):
             if proc is not None:
                 proc.stop()

@@ -207,6 +207,8 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.http.close()
+        if hasattr(self.transport, "close"):
+            self.transport.close()
 
 
 class WeightTransport:
@@ -218,7 +220,10 @@ class FileWeightTransport(WeightTransport):
     """CPU (and any shared-filesystem) path: write safetensors atomically, have every worker load it."""
 
     def __init__(self, sync_dir: str | None = None):
-        self.dir = Path(sync_dir or tempfile.mkdtemp(prefix="rbr-weight-sync-"))
+        # With no directory given the server is on this host: write to RAM (/dev/shm, a tmpfs) where there
+        # is one, so a push never waits on disk write-back; a server on another host needs a shared path.
+        self.owns_dir = sync_dir is None
+        self.dir = Path(sync_dir or tempfile.mkdtemp(prefix="rbr-weight-sync-", dir=_ram_dir()))
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, state_dict: dict[str, torch.Tensor]) -> Path:
@@ -236,11 +241,26 @@ class FileWeightTransport(WeightTransport):
     def send(self, engine: VLLMEngine, state_dict: dict[str, torch.Tensor]) -> None:
         self.send_file(engine, self.write(state_dict))
 
+    def close(self) -> None:
+        """Remove the last weight file (hundreds of MB, in RAM when under /dev/shm)."""
+        for name in ("policy.safetensors", ".policy.safetensors.tmp"):
+            (self.dir / name).unlink(missing_ok=True)
+        if self.owns_dir:
+            try:
+                self.dir.rmdir()
+            except OSError:
+                pass  # not empty: someone else's files, leave them
+
     def send_file(self, engine: VLLMEngine, path: Path) -> None:
         results = engine._post("/collective_rpc", {"method": "rbr_load_weights", "args": [str(path)]}).get("results", [])
         errors = [r.get("error") for r in results if isinstance(r, dict) and not r.get("ok")]
         if errors or not results:
             raise WeightSyncError(errors[0] if errors else f"no worker answered the weight load: {results}")
+
+
+def _ram_dir() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def _shared_ptrs(state_dict) -> set[int]:
