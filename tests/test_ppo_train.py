@@ -104,13 +104,15 @@ def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_cpu_run(tiny_assets, tmp_path):
-    """torchrun with 2 processes on gloo: rank 0 drives rollouts, both ranks train their shard."""
+    """``rbr-rlhf launch local --nproc 2``: torchrun with 2 processes on gloo; rank 0 drives rollouts, both
+    ranks train their shard."""
     run = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "rbr_rlhf.cli", "train", *run_args(tiny_assets, run, "total_steps=2")]
+    cmd = [sys.executable, "-m", "rbr_rlhf.cli", "launch", "local", *run_args(tiny_assets, run, "total_steps=2"),
+           "--nproc", "2"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "--nproc_per_node=2" in out.stdout  # the launcher prints the torchrun command it runs
     m = metrics(run)
     assert sorted(m) == [1, 2] and (run / "checkpoints" / "step-2" / "rng_rank1.json").exists()
 
