@@ -135,3 +135,18 @@ def test_file_transport_writes_to_ram_and_cleans_up(tmp_path):
     assert path.parent == tmp_path / "sync"
     given.close()
     assert not path.exists() and (tmp_path / "sync").is_dir()  # a directory we did not create stays
+
+
+def test_file_transport_cleans_up_without_close():
+    """A caller that never calls close() (a script, a crash path) still leaves nothing in RAM at exit."""
+    import subprocess
+    import sys
+
+    code = ("from rbr_rlhf.rollout.vllm_server import FileWeightTransport; import torch\n"
+            "t = FileWeightTransport(); print(t.write({'w': torch.zeros(3)}), flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from pathlib import Path
+
+    path = Path(out.stdout.strip().splitlines()[-1])
+    assert path.name == "policy.safetensors" and not path.exists() and not path.parent.exists()

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Sequence
@@ -225,6 +226,9 @@ class FileWeightTransport(WeightTransport):
         self.owns_dir = sync_dir is None
         self.dir = Path(sync_dir or tempfile.mkdtemp(prefix="rbr-weight-sync-", dir=_ram_dir()))
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Runs on close(), when the transport is collected, or at interpreter exit, whichever comes
+        # first: a forgotten close() must not leave hundreds of MB in /dev/shm (RAM) behind.
+        self._cleanup = weakref.finalize(self, _remove_sync_files, self.dir, self.owns_dir)
 
     def write(self, state_dict: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file
@@ -243,19 +247,23 @@ class FileWeightTransport(WeightTransport):
 
     def close(self) -> None:
         """Remove the last weight file (hundreds of MB, in RAM when under /dev/shm)."""
-        for name in ("policy.safetensors", ".policy.safetensors.tmp"):
-            (self.dir / name).unlink(missing_ok=True)
-        if self.owns_dir:
-            try:
-                self.dir.rmdir()
-            except OSError:
-                pass  # not empty: someone else's files, leave them
+        self._cleanup()
 
     def send_file(self, engine: VLLMEngine, path: Path) -> None:
         results = engine._post("/collective_rpc", {"method": "rbr_load_weights", "args": [str(path)]}).get("results", [])
         errors = [r.get("error") for r in results if isinstance(r, dict) and not r.get("ok")]
         if errors or not results:
             raise WeightSyncError(errors[0] if errors else f"no worker answered the weight load: {results}")
+
+
+def _remove_sync_files(directory: Path, owns_dir: bool) -> None:
+    for name in ("policy.safetensors", ".policy.safetensors.tmp"):
+        (directory / name).unlink(missing_ok=True)
+    if owns_dir:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty: someone else's files, leave them
 
 
 def _ram_dir() -> str | None:
