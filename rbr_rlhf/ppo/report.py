@@ -24,10 +24,9 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path:
               ("losses", ["policy/loss", "value/loss", "policy/clipfrac"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
     for ax, (title, keys) in zip(axes, panels):
-        for k in keys:
-            # The label drops the panel's own prefix ("reward/total" -> "total") but keeps what tells two
-            # series apart ("policy/loss" vs "value/loss").
-            label = k.split("/", 1)[-1] if title in ("rewards", "KL", "safety") else k
+        # Short labels ("reward/total" -> "total") unless that would make two alike ("policy/loss", "value/loss").
+        short = [k.split("/", 1)[-1] for k in keys]
+        for k, label in zip(keys, short if len(set(short)) == len(short) else keys):
             ax.plot(steps, series(k), marker="o", ms=3, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")

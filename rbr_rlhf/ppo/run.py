@@ -234,7 +234,7 @@ class Services:
         return True
 
     def stop(self) -> None:
-        if self.engine is not None and hasattr(self.engine, "close"):
+        if self.engine is not None:
             self.engine.close()
         for proc in (self.rollout_server, self.grader_process):
             if proc is not None:

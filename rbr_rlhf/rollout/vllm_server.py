@@ -42,6 +42,7 @@ from .types import Generation, WeightSyncError, chat_prompt_ids
 
 log = logging.getLogger(__name__)
 EXTENSION = "rbr_rlhf.rollout.worker_extension.WeightSyncExtension"
+SYNC_FILE, SYNC_TMP = "policy.safetensors", ".policy.safetensors.tmp"  # FileWeightTransport's files
 
 
 class ServerError(RuntimeError):
@@ -208,13 +209,15 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.http.close()
-        if hasattr(self.transport, "close"):
-            self.transport.close()
+        self.transport.close()
 
 
 class WeightTransport:
     def send(self, engine: VLLMEngine, state_dict: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the transport holds (files, process groups); nothing by default."""
 
 
 class FileWeightTransport(WeightTransport):
@@ -233,8 +236,7 @@ class FileWeightTransport(WeightTransport):
     def write(self, state_dict: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file
 
-        path = self.dir / "policy.safetensors"
-        tmp = self.dir / ".policy.safetensors.tmp"
+        path, tmp = self.dir / SYNC_FILE, self.dir / SYNC_TMP
         # safetensors refuses tensors that share storage (tied embeddings): give each its own.
         shared = _shared_ptrs(state_dict)
         save_file({k: (v.detach().clone() if v.data_ptr() in shared else v.detach()).contiguous()
@@ -257,7 +259,7 @@ class FileWeightTransport(WeightTransport):
 
 
 def _remove_sync_files(directory: Path, owns_dir: bool) -> None:
-    for name in ("policy.safetensors", ".policy.safetensors.tmp"):
+    for name in (SYNC_FILE, SYNC_TMP):
         (directory / name).unlink(missing_ok=True)
     if owns_dir:
         try:
