@@ -4,11 +4,12 @@ Same model, prompts, batch and max tokens; both sample at temperature 1 with ``i
 approximated by counting the tokens each actually generated. Prints generated tokens/s of each and the
 ratio, measured in this one run.
 
-    .venv/bin/python benchmarks/bench_rollout.py [--prompts 16] [--samples 1] [--max-tokens 64] [--compile]
+    .venv/bin/python benchmarks/bench_rollout.py [--prompts 16] [--samples 1] [--max-tokens 64] [--compile] [--dtype float32]
 
 ``--samples N`` asks each engine for N completions per prompt (PPO's ``rollout.samples_per_prompt``);
 ``--compile`` starts vLLM without ``--enforce-eager`` (torch.compile: minutes more start-up, cached in
-~/.cache/vllm afterwards). Start-up is not part of either rate.
+~/.cache/vllm afterwards); ``--dtype`` sets both engines' weights and compute (``bfloat16`` uses the
+CPU's AVX512-BF16 units where it has them). Start-up is not part of either rate.
 """
 
 import argparse
@@ -23,6 +24,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="vLLM with torch.compile instead of eager mode")
+    ap.add_argument("--dtype", default="float32", help="both engines: float32 (the CPU recipe's) or bfloat16")
     args = ap.parse_args()
 
     from rbr_rlhf.models import resolve_model
@@ -43,16 +45,16 @@ def main():
             best = max(best, tokens / (time.perf_counter() - t))
         return best
 
-    hf = TransformersEngine(args.model, batch_size=args.prompts * args.samples)
+    hf = TransformersEngine(args.model, dtype=args.dtype, batch_size=args.prompts * args.samples)
     hf_tps = measure(hf)
     del hf
-    with VLLMServer(args.model, max_model_len=1024, enforce_eager=not args.compile,
+    with VLLMServer(args.model, max_model_len=1024, dtype=args.dtype, enforce_eager=not args.compile,
                     max_num_seqs=max(32, args.prompts * args.samples)) as server:
         vllm_tps = measure(VLLMEngine(server.url, resolve_model(args.model)))
     print(f"transformers generate: {hf_tps:.1f} tokens/s")
     print(f"vLLM rollout server:   {vllm_tps:.1f} tokens/s")
     print(f"ratio vLLM / transformers: {vllm_tps / hf_tps:.2f}x  ({args.prompts} prompts x {args.samples} samples, "
-          f"{args.max_tokens} max tokens, vLLM {'compiled' if args.compile else 'eager'})")
+          f"{args.max_tokens} max tokens, {args.dtype}, vLLM {'compiled' if args.compile else 'eager'})")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,10 @@ def test_fingerprint_is_semantic(tmp_path):
     b = load_rules(write(tmp_path, MINI.replace("name: mini", "name: renamed\ndescription: prose only"), "b.yaml"))
     c = load_rules(write(tmp_path, MINI.replace("Is it rude?", "Is it impolite?"), "c.yaml"))
     assert a.fingerprint == b.fingerprint != c.fingerprint
+    # The grader layout changes the features; writing the default explicitly changes nothing.
+    d = load_rules(write(tmp_path, MINI.replace("name: mini", "name: mini\ngrader_layout: guide"), "d.yaml"))
+    e = load_rules(write(tmp_path, MINI.replace("name: mini", "name: mini\ngrader_layout: per_proposition"), "e.yaml"))
+    assert d.fingerprint == a.fingerprint != e.fingerprint and e.grader_layout == "per_proposition"
     with pytest.raises(FingerprintMismatch, match="fitted for rule set fingerprint"):
         c.check_fingerprint(a.fingerprint, "weights.json")
 
@@ -109,6 +113,7 @@ def test_fingerprint_is_semantic(tmp_path):
     (("  polite_refusal: [apology, refuses, ~rude]", "  polite_refusal: [apology, loop_b]\n  loop_b: [polite_refusal]"), "derived_propositions.polite_refusal", "cycle"),
     (("  rude: {question: \"Is it rude?\"}", "  rude: {question: \"Is it rude?\"}\n  apology: {question: again}"), "propositions.apology", "duplicate name"),
     (("derived_propositions:\n  polite_refusal", "derived_propositions:\n  apology: [refuses]\n  polite_refusal"), "derived_propositions.apology", "duplicate name"),
+    (("name: mini", "name: mini\ngrader_layout: item_last"), "grader_layout", "must be one of ['guide', 'per_proposition']"),
 ])
 def test_validation_names_file_and_key(tmp_path, mutation, key, message):
     old, new = mutation

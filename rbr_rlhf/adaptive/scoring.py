@@ -117,7 +117,7 @@ class TransformersRuleJudge:
 
         self.cfg = cfg
         model = cfg.model.partition(":")[2] if cfg.model.startswith("llm:") else cfg.model
-        self.backend = backend or TransformersBackend(model or "smollm2", batch_size=cfg.rule_batch, device=cfg.device)
+        self.backend = backend or TransformersBackend(model or "smollm2", device=cfg.device)
         self.tokenizer, self.model, self.device = self.backend.tokenizer, self.backend.model, self.backend.device
         self.pad_id = self.backend.pad_id
         self.answer_ids = {k: self._first_token_ids(v) for k, v in ANSWERS.items()}

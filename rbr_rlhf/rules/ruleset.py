@@ -25,6 +25,9 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 DEFAULT_CLASS_ORDER = ("ideal", "minimum_acceptable_style", "unacceptable", "illogical", "disallowed")
 
 
+GRADER_LAYOUTS = ("guide", "per_proposition")
+
+
 class RuleSetError(ValueError):
     """A rule set failed to load; ``problems`` lists (key path, message) pairs, all of them."""
 
@@ -92,6 +95,8 @@ class RuleSet:
     extras: Mapping[str, Any] = field(default_factory=dict)
     # Optional prose per category, used by the LLM prompt classifier (not part of the fingerprint).
     category_descriptions: Mapping[str, str] = field(default_factory=dict)
+    # How the LLM grader lays out its prompts (see grader/prompts.py): "guide" or "per_proposition".
+    grader_layout: str = "guide"
 
     # ---------------------------------------------------------------- identity
     def semantic_content(self) -> dict:
@@ -108,6 +113,8 @@ class RuleSet:
                 for n, rt in sorted(self.response_types.items())
             },
             "behavior_policy": dict(sorted(self.behavior_policy.items())),
+            # Only when not the default, so rule sets written before the key existed keep their fingerprint.
+            **({"grader_layout": self.grader_layout} if self.grader_layout != "guide" else {}),
         }
 
     @cached_property
@@ -258,11 +265,14 @@ def _duplicate_keys(node, path: str = "") -> list[tuple[str, str]]:
 def build_ruleset(data: Mapping[str, Any], source: str = "<memory>") -> RuleSet:
     """Validate a plain-data rule set; collects every problem before raising one RuleSetError."""
     problems: list[tuple[str, str]] = []
-    known_top = {"name", "description", "version", "grader_instructions", "class_order", "propositions",
-                 "derived_propositions", "response_types", "behavior_policy", "extras"}
+    known_top = {"name", "description", "version", "grader_instructions", "grader_layout", "class_order",
+                 "propositions", "derived_propositions", "response_types", "behavior_policy", "extras"}
     for key in data:
         if key not in known_top:
             problems.append((str(key), f"unknown key (expected one of {sorted(known_top)})"))
+    layout = data.get("grader_layout", "guide")
+    if layout not in GRADER_LAYOUTS:
+        problems.append(("grader_layout", f"must be one of {list(GRADER_LAYOUTS)}, got {layout!r}"))
 
     # -- propositions
     propositions: dict[str, Proposition] = {}
@@ -401,6 +411,7 @@ def build_ruleset(data: Mapping[str, Any], source: str = "<memory>") -> RuleSet:
         behavior_policy=policy,
         extras=dict(data.get("extras") or {}),
         category_descriptions=descriptions,
+        grader_layout=str(layout),
     )
 
 
