@@ -31,7 +31,6 @@ def main():
     from rbr_rlhf.grader.base import GradeItem
     from rbr_rlhf.grader.factory import build_grader
     from rbr_rlhf.grader.llm import LLMGrader, TransformersBackend
-    from rbr_rlhf.rbr.features import grade_completions
     from rbr_rlhf.rules import load_rules
     from rbr_rlhf.service.app import ServiceSettings, create_app
     from rbr_rlhf.service.client import GraderClient

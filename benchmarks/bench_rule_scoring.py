@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 HH = Path(__file__).resolve().parents[1].parent / "shared/data/hh-rlhf-harmless/test.jsonl.gz"
 

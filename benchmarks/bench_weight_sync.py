@@ -16,7 +16,6 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 

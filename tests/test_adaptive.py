@@ -4,7 +4,6 @@ real SmolLM2 judge (a handful of short HH-RLHF pairs and rules, to stay within a
 
 import gzip
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np

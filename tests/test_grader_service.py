@@ -1,8 +1,6 @@
 """The grader service, for real: uvicorn on a free loopback port, HTTP requests, the real batcher."""
 
 import json
-import subprocess
-import sys
 import threading
 import time
 

@@ -4,7 +4,6 @@ and one end-to-end build on the real small models (slow)."""
 import json
 import random
 
-import numpy as np
 import pytest
 
 from rbr_rlhf.pipeline.cache import append_cache, read_cache

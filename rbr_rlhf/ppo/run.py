@@ -14,7 +14,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from ..data import read_rows

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict

@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 import weakref
-from collections import deque
 from pathlib import Path
 from typing import Sequence
 
 import httpx
 import torch
 
-from ..procs import die_with_parent
+from ..procs import ChildProcess
 from .types import Generation, WeightSyncError, chat_prompt_ids
 
 log = logging.getLogger(__name__)
@@ -57,8 +53,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class VLLMServer:
+class VLLMServer(ChildProcess):
     """Lifecycle of one ``vllm serve`` process: start, wait for readiness, report its errors, stop."""
+
+    what, error = "the vLLM server", ServerError
 
     def __init__(self, model: str, host: str = "127.0.0.1", port: int | None = None, dtype: str = "float32",
                  max_model_len: int = 2048, api_key: str | None = None, kv_cache_gib: int = 2,
@@ -69,7 +67,7 @@ class VLLMServer:
         self.model = resolve_model(model)
         self.host, self.port = host, port or _free_port()
         self.api_key, self.served_name = api_key, served_name
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
+        self.log_path = Path(log_path) if log_path else None  # None: a temporary file
         self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                     "--served-model-name", served_name, "--host", host, "--port", str(self.port), "--dtype", dtype,
                     "--max-model-len", str(max_model_len), "--worker-extension-cls", EXTENSION,
@@ -86,62 +84,22 @@ class VLLMServer:
             self.cmd += ["--weight-transfer-config", f'{{"backend": "{weight_transfer}"}}']
         self.env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
                     "PYTHONUNBUFFERED": "1"}
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 600.0) -> "VLLMServer":
-        self._log = open(self.log_path, "w")
-        # A new session: stop() can kill the whole process group (vLLM spawns engine/worker processes).
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=die_with_parent)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerError(f"vLLM server exited with status {self.proc.returncode} during start-up; "
-                                  f"its log ({self.log_path}) ends with:\n{self.log_tail()}")
+        self._spawn()
+
+        def ready() -> bool:
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(1.0)
-        self.stop()
-        raise ServerError(f"vLLM server not ready after {timeout:.0f} s; its log ends with:\n{self.log_tail()}")
+                return False
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, errors="replace") as fh:
-                return "".join(deque(fh, maxlen=lines))
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
-        self._log.close()
-        self.proc = None
-
-    def __enter__(self) -> "VLLMServer":
-        return self.start() if self.proc is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self._wait_ready(ready, timeout, interval=1.0)
+        return self
 
 
 class VLLMEngine:

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 import httpx
 
-from ..procs import die_with_parent
+from ..procs import ChildProcess
 
 READY_LINE = re.compile(r"grader service .* on (http://\S+)")
 
@@ -97,12 +94,14 @@ class GraderServer:
         self.stop()
 
 
-class GraderProcess:
+class GraderProcess(ChildProcess):
     """``rbr-rlhf serve-grader`` as a child process, with a readiness wait and the log's tail on failure.
 
     ``port`` None or 0: the child binds port 0 and prints the address it got, which we read from its log.
     The token goes through the environment ($RBR_GRADER_TOKEN), not the command line, where ``ps`` shows it.
     """
+
+    what = "the grader service"
 
     def __init__(self, rules: str, grader: str, weights: str | None = None, host: str = "127.0.0.1",
                  port: int | None = None, token: str | None = None, log_path: str | Path | None = None,
@@ -113,9 +112,7 @@ class GraderProcess:
         if weights:
             self.cmd += ["--weights", str(weights)]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"RBR_GRADER_TOKEN": token} if token else {})}
-        self.log_path = Path(log_path) if log_path else None
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.log_path = Path(log_path) if log_path else None  # None: a temporary file
         self._url: str | None = None
 
     @property
@@ -125,76 +122,24 @@ class GraderProcess:
         return self._url
 
     def start(self, timeout: float = 300) -> "GraderProcess":
-        if self.log_path is None:
-            import tempfile
+        self._spawn()
 
-            fd, name = tempfile.mkstemp(prefix="rbr-grader-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "w")
-        # Own session: stop() signals the whole group, so nothing the service started outlives it.
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(f"the grader service exited with status {code}; its log ends with:\n{tail}")
+        def ready() -> bool:
             if self._url is None:
                 match = READY_LINE.search(self._read_log())
-                if match:
-                    self._url = match.group(1)
-            if self._url is not None:
-                try:
-                    if httpx.get(self._url + "/healthz", timeout=2).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.2)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"the grader service was not ready after {timeout:.0f} s; its log ends with:\n{tail}")
+                if not match:
+                    return False
+                self._url = match.group(1)
+            try:
+                return httpx.get(self._url + "/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        self._wait_ready(ready, timeout, interval=0.2)
+        return self
 
     def _read_log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, errors="replace") as fh:
-                return "".join(deque(fh, maxlen=lines))
-        except (OSError, TypeError):
-            return "(no log)"
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
-                    self.proc.wait(timeout=timeout)
-                except ProcessLookupError:
-                    pass
-                except subprocess.TimeoutExpired:
-                    try:
-                        os.killpg(self.proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    self.proc.wait()
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> "GraderProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
