@@ -49,10 +49,13 @@ def test_segments_tokenize_like_the_joined_prompt(default_rules, layout):
     rules = dataclasses.replace(default_rules, grader_layout=layout)
     rows = [json.loads(line) for line in open(GOLD / "test.jsonl")][:25]
     items = [GradeItem.from_row(r) for r in rows] + [GradeItem(({"role": "user", "content": "hi\n"},), "ends in space \n\n ")]
+    guide_ids: dict[str, list[int]] = {}
     for it in items:
         for name in ("apology", "judgement", "threatening_language"):
             guide, item, question = prompt_segments(rules, rules.propositions[name], it.conversation, it.completion)
-            pieces = tok.encode(guide) + tok.encode(item, add_special_tokens=False) + tok.encode(question, add_special_tokens=False)
+            if guide not in guide_ids:
+                guide_ids[guide] = tok.encode(guide)
+            pieces = guide_ids[guide] + tok.encode(item, add_special_tokens=False) + tok.encode(question, add_special_tokens=False)
             assert pieces == tok.encode(guide + item + question), (name, it)
 
 
@@ -75,10 +78,11 @@ def test_llm_grader_shared_prefix_equals_naive(default_rules, smollm2_backend):
 
     props = ["apology", "fully_complies"]
     shared = LLMGrader(default_rules, smollm2_backend).grade(ITEMS, props)
-    naive = LLMGrader(default_rules, smollm2_backend, share_prefix=False).grade(ITEMS, props)
+    # Naive prompts carry the whole guide (~8 s each on 2 cores): two items are enough to compare.
+    naive = LLMGrader(default_rules, smollm2_backend, share_prefix=False).grade(ITEMS[:2], props)
     assert shared.shape == (3, 2)
     assert np.all((shared > 0) & (shared < 1))
-    np.testing.assert_allclose(shared, naive, atol=1e-4)
+    np.testing.assert_allclose(shared[:2], naive, atol=1e-4)
     # Item and proposition order must not matter (the cache is cropped back after every item).
     reordered = LLMGrader(default_rules, smollm2_backend).grade(ITEMS[::-1], props[::-1])[::-1, ::-1]
     np.testing.assert_allclose(shared, reordered, atol=1e-4)
