@@ -47,6 +47,24 @@ def test_transformers_engine_refuses_bad_weights(hf_engine):
     assert hf_engine.weight_version == 0
 
 
+def test_vllm_cpu_engine_gets_every_core_unless_told_otherwise(monkeypatch):
+    """vLLM's CPU backend would keep a core for its scheduler (half of a 2-core machine); we bind all."""
+    import os
+
+    from rbr_rlhf.rollout.vllm_server import VLLMServer
+
+    for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(var, raising=False)
+    env = VLLMServer("smollm2").env
+    assert env["VLLM_CPU_OMP_THREADS_BIND"].split(",") == [str(c) for c in sorted(os.sched_getaffinity(0))]
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    # Tensor parallel needs one core list per rank: left to vLLM (or the user).
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in VLLMServer("smollm2", extra_args=["--tensor-parallel-size", "2"]).env
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")  # the user's own setting wins
+    env = VLLMServer("smollm2").env
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0" and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env
+
+
 def test_launcher_reports_the_servers_own_error(tmp_path):
     from rbr_rlhf.rollout.vllm_server import ServerError, VLLMServer
 
