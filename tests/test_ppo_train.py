@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,25 @@ def test_unusable_run_dir_fails_before_training(tmp_path):
         check_run_dir(blocker / "run")
     with pytest.raises(RuntimeError, match="GiB free"):
         check_run_dir(tmp_path / "run", min_free_gib=10 ** 9)
+
+
+def _check_run_dir_many_times(run_dir: str) -> None:
+    for _ in range(300):
+        check_run_dir(Path(run_dir), min_free_gib=0)
+
+
+def test_ranks_check_one_run_dir_at_once(tmp_path):
+    """Every rank checks the run directory at start-up; one rank's probe must not remove another's."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_check_run_dir_many_times, args=(str(tmp_path / "run"),)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert list((tmp_path / "run").iterdir()) == []  # no probe left behind
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -26,9 +27,10 @@ def check_run_dir(run_dir: Path, min_free_gib: float = 2.0) -> None:
     """Fail before any training if the run directory is unwritable or the disk is (nearly) full."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # A probe file of this process's own: every rank checks the same directory at once.
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-probe-") as probe:
+            probe.write(b"ok")
+            probe.flush()
     except OSError as e:
         raise RuntimeError(f"run directory {run_dir} is not writable: {e}") from None
     free = shutil.disk_usage(run_dir).free / 2 ** 30
