@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-
 HH = Path(__file__).resolve().parents[1].parent / "shared/data/hh-rlhf-harmless/test.jsonl.gz"
 
 

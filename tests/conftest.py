@@ -1,5 +1,4 @@
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ EXAMPLES = REPO / "docs" / "examples"
 
 # Keep torch from fighting the other test processes (and vLLM) for the machine's few cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from rbr_rlhf.procs import free_port  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +26,6 @@ def default_rules():
     from rbr_rlhf.rules import load_rules
 
     return load_rules("default")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Session fixture shared by the end-to-end PPO test files (imported here so it is built once per session).

@@ -12,7 +12,8 @@ from rbr_rlhf.grader.base import GradeItem, GraderError
 from rbr_rlhf.rbr import RBRWeights, feature_spec, grade_completions
 from rbr_rlhf.service.app import ServiceSettings, create_app
 from rbr_rlhf.service.client import GraderClient, GraderServiceError
-from rbr_rlhf.service.server import GraderServer, free_port
+from rbr_rlhf.procs import free_port
+from rbr_rlhf.service.server import GraderServer
 
 
 class KeywordGrader:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data import write_json
+from ..procs import free_port
 from . import checkpoint as ckpt
 from .batch import critic_forward, pack, policy_forward
 from .config import TrainConfig, to_yaml
@@ -57,11 +58,7 @@ def init_distributed() -> None:
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
 

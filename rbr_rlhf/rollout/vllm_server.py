@@ -33,7 +33,7 @@ from typing import Sequence
 import httpx
 import torch
 
-from ..procs import ChildProcess
+from ..procs import ChildProcess, free_port
 from .types import Generation, WeightSyncError, chat_prompt_ids
 
 log = logging.getLogger(__name__)
@@ -45,21 +45,14 @@ class ServerError(RuntimeError):
     """The server could not start, or died; carries the tail of its own log."""
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu_binding(env: dict[str, str]) -> dict[str, str]:
     """Bind vLLM's CPU engine to every core this process may use (one rank; a user's own settings win).
 
     By default vLLM's CPU backend reserves one core per rank for its scheduler process and binds the
     compute threads to the others. On a small machine that is half the compute: on 2 cores the engine ran
     on one (its log: ``core ids=[0]``), and generated 138.8 tokens/s in fp32 against 169.6 on both, and
-    1.61x against 2.62x transformers in bf16 (benchmarks/bench_rollout.py). Our scheduler is mostly idle.
+    1.61x against 2.62x transformers in bf16 (benchmarks/bench_rollout.py). The scheduler process used about
+    a tenth of the CPU time the compute worker did in that benchmark.
     On a GPU platform vLLM ignores both variables.
     """
     if "VLLM_CPU_OMP_THREADS_BIND" in env or "VLLM_CPU_NUM_OF_RESERVED_CPU" in env:
@@ -80,7 +73,7 @@ class VLLMServer(ChildProcess):
         from ..models import resolve_model
 
         self.model = resolve_model(model)
-        self.host, self.port = host, port or _free_port()
+        self.host, self.port = host, port or free_port(host)
         self.api_key, self.served_name = api_key, served_name
         self.log_path = Path(log_path) if log_path else None  # None: a temporary file
         self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,

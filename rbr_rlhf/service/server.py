@@ -23,13 +23,6 @@ from ..procs import ChildProcess
 READY_LINE = re.compile(r"grader service .* on (http://\S+)")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for tests that need a port nobody listens on)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket for uvicorn (``port`` 0: the kernel picks one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
