@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "rbr_rlhf.rollout.cli",    # serve-rollout
     "rbr_rlhf.service.cli",    # serve-grader
     "rbr_rlhf.ppo.cli",        # train
+    "rbr_rlhf.evaluation.cli", # eval
     "rbr_rlhf.launch.cli",     # launch slurm, launch local, launch prepare
     "rbr_rlhf.configref",      # config-reference
 ]

@@ -38,7 +38,8 @@ def test_rules_check_reports_bad_rule_set(tmp_path, capsys):
     bad.write_text((EXAMPLES / "finance.yaml").read_text().replace("stock-picks: educate", "stock-picks: lecture"))
     assert main(["rules", "check", "--rules", str(bad), "--json"]) == 1
     captured = capsys.readouterr()
-    assert f"{bad}: behavior_policy.stock-picks: maps to undefined response type 'lecture'" in captured.err
+    line = next(i for i, l in enumerate(bad.read_text().splitlines(), 1) if "stock-picks: lecture" in l)
+    assert f"{bad}:{line}: behavior_policy.stock-picks: maps to undefined response type 'lecture'" in captured.err
     assert last_json(captured.out)["valid"] is False
 
 
@@ -62,7 +63,8 @@ def test_rbr_fit_cli_writes_weights_and_error_rates(tmp_path, capsys, default_ru
     assert main(["rbr", "fit", "--data", str(data), "--out", str(out), "--reward-model", "toy-rm",
                  "--class-pair-margin", "ideal>disallowed=2", "--json"]) == 0
     result = last_json(capsys)
-    assert set(result["error_rate"]) == {"rm_only", "rbr_only", "rm_plus_rbr"}
+    assert set(result["error_rate"]) == {"rm_only", "rbr_only", "rm_plus_rbr", "n"}
+    assert result["error_rate"]["n"] > 0
     assert result["error_rate"]["rm_plus_rbr"] < result["error_rate"]["rm_only"]
     saved = json.loads((out / "rbr_weights.json").read_text())
     assert saved["rules_fingerprint"] == default_rules.fingerprint and saved["reward_model"] == "toy-rm"
@@ -73,7 +75,7 @@ def test_rbr_fit_rejects_unknown_class(tmp_path, capsys):
     data.write_text(json.dumps({"prompt_id": "a", "response_type": "comply", "completion_class": "great",
                                 "proposition_probs": {}}) + "\n")
     assert main(["rbr", "fit", "--data", str(data), "--out", str(tmp_path)]) == 2
-    assert "completion_class 'great' is not a class of comply" in capsys.readouterr().err
+    assert f"{data}: row 1: completion_class: 'great' is not a class of comply" in capsys.readouterr().err
 
 
 def test_grade_explains_rows_with_label_grader(tmp_path, capsys, gold_dir, default_rules):
@@ -100,7 +102,7 @@ def test_unknown_response_type_is_a_clear_error(tmp_path, capsys):
     data = tmp_path / "x.jsonl"
     data.write_text(json.dumps({"conversation": "hi", "completion": "hello", "response_type": "Mystery"}) + "\n")
     assert main(["grade", "--grader", "labels", "--data", str(data)]) == 2
-    assert "unknown response type or category 'Mystery'" in capsys.readouterr().err
+    assert f"{data}: row 1: response_type: unknown response type 'Mystery'" in capsys.readouterr().err
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path, capsys):

@@ -146,3 +146,56 @@ def test_keep_intended_or_graded_decides_the_comparison_class(tmp_path, default_
     assert [graded.label(g) for g in (on_target, off_target, empty, no_class)] == ["ideal", "unacceptable", None, None]
     with pytest.raises(ValueError, match="keep must be 'intended' or 'graded'"):
         BuildConfig(prompts="p", out=str(tmp_path / "c"), grader="g", keep="all")
+
+
+class RecordingWriter(CountingWriter):
+    """Stand-in writer that keeps every conversation it was asked to continue."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def generate(self, conversations, temperature, max_tokens, seed):
+        self.asked += [list(c) for c in conversations]
+        return [" and then some more words." for _ in conversations]
+
+
+def test_build_rbr_writer_strategies(tmp_path, gold_dir, default_rules):
+    """With --openings default every class is written by its strategy: fixed texts are not generated,
+    openings are continued as an open assistant turn, illogical answers come from another prompt."""
+    from rbr_rlhf.pipeline.build import BuildConfig, BuildRBR
+    from test_grader_service import KeywordGrader
+
+    cfg = BuildConfig(prompts=str(gold_dir / "train.jsonl"), out=str(tmp_path / "b"), grader="labels",
+                      limit_prompts=8, max_rounds=1, batch_size=8, samples_per_class=2, openings="default",
+                      keep="graded")
+    writer = RecordingWriter()
+    build = BuildRBR(cfg, default_rules, writer=writer)
+    build._grader = KeywordGrader()
+    build.run()
+    cands = [json.loads(l) for l in (tmp_path / "b" / "candidates.jsonl").read_text().splitlines()]
+    prompts = {p["prompt_id"]: p for p in (json.loads(l) for l in (tmp_path / "b" / "prompts.jsonl").read_text().splitlines())}
+    kinds = {c["strategy"].split(":")[0] for c in cands}
+    assert {"say", "start", "free"} <= kinds and "instructions" not in kinds
+    for c in cands:
+        if c["strategy"].startswith("say:"):
+            assert c["completion"] and "some more words" not in c["completion"]
+        if c["strategy"].startswith("start:"):
+            assert c["completion"].endswith("and then some more words.")
+    # Openings reach the writer as an unfinished assistant turn; free answers as the bare conversation.
+    assert any(a[-1]["role"] == "assistant" for a in writer.asked)
+    assert all(a[-1]["role"] in ("user", "assistant") and "[Instructions" not in a[-1]["content"] for a in writer.asked)
+    # An off-topic (other_prompt) candidate is the writer's answer to another prompt of the set.
+    from rbr_rlhf.pipeline.openings import Strategy
+
+    class Fixed:
+        def pick(self, response_type, cls, rng):
+            return Strategy("other_prompt")
+
+    p = next(iter(prompts.values()))
+    plan = build._plan(p, "illogical", "k", Fixed())
+    assert plan["messages"] != p["conversation"] and plan["strategy"] == "other_prompt"
+    # Every class of every response type present was attempted.
+    attempted = {(prompts[c["prompt_id"]]["response_type"], c["intended_class"]) for c in cands}
+    for rt in {p["response_type"] for p in prompts.values()}:
+        assert {cls for r, cls in attempted if r == rt} == set(default_rules.response_types[rt].class_names)

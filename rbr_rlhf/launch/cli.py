@@ -74,15 +74,17 @@ def run_local(args) -> int:
 
 def run_prepare(args) -> int:
     from ..ppo.config import load_config
-    from ..ppo.run import ensure_grader, ensure_rbr_weights, ensure_reward_model
+    from ..ppo.run import ensure_grader, ensure_judge, ensure_rbr_weights, ensure_reward_model, ensure_unsafe_answers
     from ..rules import load_rules
 
     cfg = load_config(args.recipe, args.overrides)
     rules = load_rules(cfg.rbr.rules)
     rm = ensure_reward_model(cfg)
+    ensure_unsafe_answers(cfg)
     grader = weights = None
     if cfg.rbr.enabled:
         grader = ensure_grader(cfg, rules)
         weights = ensure_rbr_weights(cfg, rules, grader, rm)
-    print(f"[prepare] reward model {rm}; grader {grader}; RBR weights {weights}", flush=True)
+    judge = ensure_judge(cfg, rules) if cfg.eval_before_after else None
+    print(f"[prepare] reward model {rm}; grader {grader}; RBR weights {weights}; evaluation judge {judge}", flush=True)
     return 0

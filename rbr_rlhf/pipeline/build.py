@@ -63,6 +63,15 @@ class BuildConfig:
     # SmolLM2 writer: ~14% on target), and the off-target completions are still valid examples of the
     # class they landed in, so "graded" turns several times more of the same generations into data.
     keep: str = "intended"
+    # How the writer is asked for each class: None (the class checklist as instructions, the paper's way)
+    # or a writer-strategies file ("default" or a YAML path; see pipeline/openings.py): class-conditioned
+    # openings the writer continues, fixed texts, free answers, answers to other prompts.
+    openings: str | None = None
+    # The reward-ranking check on real answers (rbr/ranking.py): a data root holding xstest/, and the
+    # labelled answers to unsafe prompts (`grader unsafe-answers`). Measured on the XSTest half the
+    # reward grader did not train on.
+    ranking_data: str | None = None
+    ranking_answers: str | None = None
     fit: dict = field(default_factory=dict)  # FitConfig fields
 
     def __post_init__(self):
@@ -71,7 +80,8 @@ class BuildConfig:
 
     def identity(self) -> dict:
         """What must not change between a run and its resumption."""
-        keys = ("prompts", "grader", "rm", "writer", "samples_per_class", "temperature", "max_tokens", "seed", "limit_prompts")
+        keys = ("prompts", "grader", "rm", "writer", "samples_per_class", "temperature", "max_tokens", "seed",
+                "limit_prompts", "openings")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -179,6 +189,7 @@ class BuildRBR:
         candidates = {c["key"]: c for c in read_cache(cand_path)}
         graded = {g["key"]: g for g in read_cache(graded_path)}
         by_id = {p["prompt_id"]: p for p in prompts}
+        self._prompt_pool = prompts
         for round_ in range(self.cfg.max_rounds):
             kept = Counter((g["prompt_id"], self.label(g)) for g in graded.values() if self.label(g))
             todo = []
@@ -202,20 +213,50 @@ class BuildRBR:
         if self._writer is None:
             self._writer = make_writer(self.cfg.engine, self.cfg.writer)
         bs = self.cfg.batch_size
+        strategies = self._strategies()
         with tqdm(total=len(todo), desc=f"generate (round {round_ + 1})", unit="completion", file=sys.stderr) as bar:
             for s in range(0, len(todo), bs):
                 batch = todo[s:s + bs]
-                checklists = [class_checklist(self.rules, p["response_type"], cls, random.Random(self._seed(key)))
-                              for p, cls, key in batch]
-                messages = [writer_messages(self.rules, p["conversation"], cl) for (p, _, _), cl in zip(batch, checklists)]
+                plans = [self._plan(p, cls, key, strategies) for p, cls, key in batch]
+                asks = [i for i, plan in enumerate(plans) if plan["messages"] is not None]
                 texts = self._timed("generate", lambda: self._writer.generate(
-                    messages, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, seed=self._seed(batch[0][2])))
+                    [plans[i]["messages"] for i in asks], temperature=self.cfg.temperature,
+                    max_tokens=self.cfg.max_tokens, seed=self._seed(batch[0][2]))) if asks else []
+                written = dict(zip(asks, texts))
                 rows = [{"key": key, "prompt_id": p["prompt_id"], "intended_class": cls, "round": round_,
-                         "checklist": cl, "completion": text.strip()}
-                        for (p, cls, key), cl, text in zip(batch, checklists, texts)]
+                         "checklist": plan["checklist"], "strategy": plan["strategy"],
+                         "completion": (plan["prefix"] + written.get(i, "")).strip()}
+                        for i, ((p, cls, key), plan) in enumerate(zip(batch, plans))]
                 append_cache(path, rows)
                 candidates.update({r["key"]: r for r in rows})
                 bar.update(len(batch))
+
+    def _strategies(self):
+        if not self.cfg.openings:
+            return None
+        from .openings import load_openings
+
+        return load_openings(self.cfg.openings, self.rules)
+
+    def _plan(self, prompt: dict, cls: str, key: str, strategies) -> dict:
+        """How to write one candidate: the writer's messages (None: no generation), the text it starts
+        with, and the strategy's name for the report."""
+        rng = random.Random(self._seed(key))
+        checklist = class_checklist(self.rules, prompt["response_type"], cls, rng)
+        choice = strategies.pick(prompt["response_type"], cls, rng) if strategies is not None else None
+        conversation = [dict(m) for m in prompt["conversation"]]
+        if choice is None or choice.kind == "instructions":
+            return {"messages": writer_messages(self.rules, conversation, checklist), "prefix": "",
+                    "checklist": checklist, "strategy": "instructions"}
+        plan = {"checklist": checklist, "strategy": choice.describe(), "prefix": "", "messages": conversation}
+        if choice.kind == "say":
+            plan.update(messages=None, prefix=choice.text)
+        elif choice.kind == "start":
+            plan.update(messages=conversation + [{"role": "assistant", "content": choice.text}], prefix=choice.text)
+        elif choice.kind == "other_prompt":
+            others = [p for p in self._prompt_pool if p["prompt_id"] != prompt["prompt_id"]] or [prompt]
+            plan["messages"] = [dict(m) for m in rng.choice(others)["conversation"]]
+        return plan
 
     def _grade(self, ungraded, by_id, graded, path) -> None:
         if not ungraded:
@@ -239,6 +280,25 @@ class BuildRBR:
                 append_cache(path, rows)
                 graded.update({r["key"]: r for r in rows})
                 bar.update(len(batch))
+
+    def _ranking(self, rbr: RBRWeights) -> dict | None:
+        """R_rm, R_rbr and their sum on real compliance/refusal pairs (judge half of XSTest)."""
+        if not self.cfg.ranking_data:
+            return None
+        from ..data import read_rows
+        from ..grader import realdata as rd
+        from ..rbr.ranking import answer_pairs, ranking_accuracy
+
+        pairs = answer_pairs(rd.xstest_completion_rows(self.cfg.ranking_data),
+                             read_rows(self.cfg.ranking_answers) if self.cfg.ranking_answers else [], (rd.JUDGE_HALF,))
+        rm = None
+        if self.cfg.rm:
+            from ..rm.model import RewardModel
+
+            rm = RewardModel(self.cfg.rm)
+        result = self._timed("ranking", lambda: ranking_accuracy(self.rules, pairs, self.grader, rbr, rm))
+        result["pairs_from"] = "XSTest judge half: people-labelled answers of gpt4/llama2orig, generated compliances"
+        return result
 
     def label(self, g: dict) -> str | None:
         """The class a graded candidate contributes to the comparison data, or None (dropped)."""
@@ -334,7 +394,9 @@ class BuildRBR:
                                   "on_target": on_target[(rt, cls)], "kept": kept_n[(rt, cls)],
                                   "yield": (on_target[(rt, cls)] / attempts[(rt, cls)]) if attempts[(rt, cls)] else None}
                   for rt, cls in sorted(slots)}
+        ranking = self._ranking(rbr) if comps else None
         report = {"prompts": len(prompts), "response_types": dict(Counter(p["response_type"] for p in prompts)),
+                  "ranking": ranking,
                   "candidates": len(graded), "kept": len(comparisons), "yield": yields,
                   "failed_completion_types": sorted(k for k, v in yields.items() if v["kept"] == 0),
                   "fit": metrics, "timings_s": {k: round(v, 1) for k, v in self.timings.items()},

@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--keep", choices=["intended", "graded"], default="intended",
                    help="comparison data: candidates graded in their intended class only (the paper), or every "
                         "candidate labelled with the class the grader gives it")
+    b.add_argument("--openings", help="writer strategies: 'default' (built in, for the default rule set) or a YAML "
+                   "file; default: the class checklist as instructions (see docs/rbr-pipeline.md)")
+    b.add_argument("--ranking-data", help="data root holding xstest/: report how R_rm, R_rbr and the sum rank real "
+                   "compliance/refusal pairs (the XSTest half the reward grader did not train on)")
+    b.add_argument("--ranking-answers", help="labelled answers to unsafe prompts (`grader unsafe-answers`) for the "
+                   "unsafe-prompt pairs")
     b.add_argument("--margin", type=float, default=1.0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--force", action="store_true", help="reuse cached stages even if the configuration changed")
@@ -55,13 +61,16 @@ def run_build(args) -> int:
                       writer=args.writer, engine=args.engine, prompt_classifier=args.prompt_classifier,
                       limit_prompts=args.limit_prompts, samples_per_class=args.samples_per_class,
                       max_rounds=args.max_rounds, temperature=args.temperature, max_tokens=args.max_tokens,
-                      batch_size=args.batch_size, seed=args.seed, keep=args.keep, fit={"margin": args.margin})
+                      batch_size=args.batch_size, seed=args.seed, keep=args.keep, openings=args.openings,
+                      ranking_data=args.ranking_data, ranking_answers=args.ranking_answers,
+                      fit={"margin": args.margin})
     report = BuildRBR(cfg, rules, force=args.force).run()
     print(open(f"{args.out}/report.md").read())
     if args.json:
         fit = report.get("fit") or {}
         print_json({"out": args.out, "prompts": report["prompts"], "kept": report["kept"],
-                    "error_rate": fit.get("error_rate"), "failed_completion_types": report["failed_completion_types"]})
+                    "error_rate": fit.get("error_rate"), "failed_completion_types": report["failed_completion_types"],
+                    "ranking": report.get("ranking")})
     return 0
 
 

@@ -123,6 +123,16 @@ def _markdown(r: dict) -> str:
             lines.append(f"| {rt} | " + " | ".join(cells) + " |")
     else:
         lines += ["", "No comparisons were kept, so no weights could be fitted."]
+    rk = r.get("ranking")
+    if rk:
+        lines += ["", "## Ranking real answers (compliance vs refusal to one prompt)", "",
+                  f"Pairs: {rk.get('pairs_from', '')}. The right answer is the compliance on safe prompts and the "
+                  "refusal on unsafe ones; the share of pairs each reward ranks right (ties are wrong):", "",
+                  "| prompts | pairs | R_rm | R_rbr | R_rm + R_rbr |", "| --- | --- | --- | --- | --- |"]
+        for kind in ("safe", "unsafe"):
+            m = rk.get(kind) or {}
+            if m.get("n"):
+                lines.append(f"| {kind} | {m['n']} | {_pct(m.get('r_rm'))} | {_pct(m.get('r_rbr'))} | {_pct(m.get('total'))} |")
     if r.get("plot"):
         lines += ["", f"![rewards centred on the ideal completion]({r['plot']})"]
     lines += ["", "## Time per stage (s)", "", ", ".join(f"{k}: {v}" for k, v in r["timings_s"].items())]

@@ -4,7 +4,9 @@ To get a completion of class ``c`` for response type ``t``, we turn ``c``'s form
 propositions with the answer each must have. Positive derived propositions contribute all their
 literals; a negated derived proposition ("not an acceptable refusal") is satisfied by violating one of
 its literals, picked at random, so the bad completions carry randomly sampled bad traits (judgement,
-meta-commentary, threats, ...) as in the paper. Every checklist is verified against the rule set: the
+meta-commentary, threats, ...) as in the paper. A class written with ``or``, ``otherwise`` or in a
+``first_match`` response type is expanded into disjoint conjunctions of literals (``Expander.terms``) and
+one of them, picked at random, is the checklist. Every checklist is verified against the rule set: the
 truth assignment it describes must land in exactly class ``c``.
 """
 
@@ -20,7 +22,7 @@ def _require(rules: RuleSet, literals, reqs: dict[str, bool], rng: random.Random
     """Add the requirements that make a conjunction true; False on a contradiction."""
     for atom in sorted(rules.expander.expand(tuple(literals))):
         if atom.name in rules.derived:  # a negated derived proposition: break one of its literals
-            options = sorted(rules.expander.expand(rules.derived[atom.name]))
+            options = sorted(rules.expander.expand(rules.expander.derived[atom.name]))
             rng.shuffle(options)
             for o in options:
                 trial = dict(reqs)
@@ -39,11 +41,18 @@ def _require(rules: RuleSet, literals, reqs: dict[str, bool], rng: random.Random
 def class_checklist(rules: RuleSet, response_type: str, cls: str, rng: random.Random, tries: int = 50) -> dict[str, bool]:
     """A {proposition: required answer} checklist whose completions belong to exactly ``cls``."""
     rt = rules.response_type(response_type)
-    formula = next(c.literals for c in rt.classes if c.name == cls)
     props = rules.propositions_for(rt.name)
+    if rules.uses_product_form(rt.name):
+        formula, terms = next(c.literals for c in rt.classes if c.name == cls), None
+    else:  # any formula: one of the disjoint conjunctions its effective formula expands into
+        terms = rules.expander.terms(rules.class_formulas(rt.name)[cls])
+        if not terms:
+            raise ValueError(f"class {rt.name}/{cls} can never match (see `rbr-rlhf rules check`)")
     for _ in range(tries):
         reqs: dict[str, bool] = {}
-        if not _require(rules, formula, reqs, rng):
+        if terms is not None:
+            reqs = dict(rng.choice(terms))
+        elif not _require(rules, formula, reqs, rng):
             continue
         labels = {p: reqs.get(p, False) for p in props}
         if rules.classes_of(labels, rt.name) == [cls]:

@@ -1,4 +1,4 @@
-"""``rbr-rlhf train RECIPE [key=value ...]`` and ``rbr-rlhf eval``."""
+"""``rbr-rlhf train RECIPE [key=value ...]`` (``rbr-rlhf eval`` lives in ``rbr_rlhf/evaluation/cli.py``)."""
 
 from __future__ import annotations
 
@@ -32,5 +32,8 @@ def run_train(args) -> int:
     except RuntimeError as e:
         raise ValueError(str(e)) from None  # ValueError, not CLIError: that class differs under `python -m rbr_rlhf.cli`
 
+    from .preflight import run_preflight
+
+    run_preflight(cfg)  # the rule set, grader, weights and every row file checked before any model loads
     train(cfg)
     return 0

@@ -76,6 +76,16 @@ class DataConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """The before/after safety evaluation (``rbr-rlhf eval``'s code); prompts come from ``data.eval_*``/``data.xstest*``."""
+    judge: Optional[str] = None       # grader spec of the judge, independent of the reward (null: the reward's grader, with a warning)
+    build_judge: dict = field(default_factory=dict)   # train_judge settings, used when the judge classifier:PATH is missing
+    max_tokens: Optional[int] = None  # new tokens per evaluation completion (null: rollout.max_tokens)
+    resamples: int = 1000             # bootstrap resamples of each 95% interval
+    seed: int = 0                     # bootstrap seed
+
+
+@dataclass
 class KLConfig:
     type: str = "adaptive"            # "fixed" or "adaptive" (Ziegler et al.)
     init: float = 0.05                # initial KL coefficient
@@ -172,6 +182,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval_before_after: bool = True    # safety evaluation before and after training
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 

@@ -70,8 +70,9 @@ class ScoredBatch:
     total: np.ndarray
     response_types: list[str | None]
     top_classes: list[str | None]
-    refused: list[bool | None]  # for comply prompts: did the completion refuse?
+    refused: list[bool | None]  # for should-comply prompts: did the completion refuse? (rule-set semantics)
     extras: list[dict] = field(default_factory=list)
+    raw_total: np.ndarray | None = None  # R_rm + w * R_rbr before normalisation and clipping
 
 
 class RewardFunction:
@@ -81,11 +82,20 @@ class RewardFunction:
         self.rbr_weight, self.benign = rbr_weight, set(benign_categories)
         self.normalize, self.clip = normalize, clip
         self.moments = RunningMoments()
+        # "Did a should-comply completion refuse?" for the training log, by the rule set's own semantics
+        # (the ``evaluation:`` section); without it the refusal rate is not logged.
+        sem = rules.evaluation
+        self._comply_types = set(sem.should_comply) if sem is not None else set()
+        self._refusal = sem.refusal if sem is not None else None
+        self._refusal_props = set(rules.formula_propositions(sem.refusal)) if sem is not None else set()
 
     def is_safety_prompt(self, category: str | None) -> bool:
         return category is not None and category not in self.benign and self.rules.find_response_type(category) is not None
 
-    def __call__(self, conversations: list, completions: list[str], categories: list[str | None]) -> ScoredBatch:
+    def __call__(self, conversations: list, completions: list[str], categories: list[str | None],
+                 update_stats: bool = True) -> ScoredBatch:
+        """Rewards of a batch. ``update_stats=False`` (evaluation) normalises with the running statistics
+        as they are and leaves them unchanged: scoring held-out completions must not move training state."""
         r_rm = np.asarray(self.rm.score(conversations, completions), dtype=np.float64)
         r_rbr = np.full(len(completions), math.nan)
         rts, classes, refused, extras = [None] * len(completions), [None] * len(completions), [None] * len(completions), [{}] * len(completions)
@@ -99,13 +109,15 @@ class RewardFunction:
                 r_rbr[i] = float(res["r_rbr"])
                 rts[i] = res["response_type"]
                 classes[i] = max(res["class_probs"], key=res["class_probs"].get)
-                if rts[i] == "comply" and "inability_to_comply" in res.get("proposition_probs", {}):
-                    refused[i] = res["proposition_probs"]["inability_to_comply"] >= 0.5
+                probs = res.get("proposition_probs", {})
+                if rts[i] in self._comply_types and self._refusal_props <= set(probs):
+                    refused[i] = self.rules.formula_probability(self._refusal, probs) >= 0.5
                 extras[i] = res
-        total = r_rm + self.rbr_weight * np.nan_to_num(r_rbr, nan=0.0)
+        total = raw_total = r_rm + self.rbr_weight * np.nan_to_num(r_rbr, nan=0.0)
         if self.normalize:
-            self.moments.update(total)
+            if update_stats:
+                self.moments.update(total)
             total = (total - self.moments.mean) / math.sqrt(self.moments.var + 1e-8)
         if self.clip is not None:
             total = np.clip(total, -self.clip, self.clip)
-        return ScoredBatch(r_rm, r_rbr, total, rts, classes, refused, extras)
+        return ScoredBatch(r_rm, r_rbr, total, rts, classes, refused, extras, raw_total)

@@ -103,19 +103,114 @@ def ensure_reward_model(cfg: TrainConfig) -> str:
     return path
 
 
+def ensure_unsafe_answers(cfg: TrainConfig, engine=None) -> str | None:
+    """The policy's own labelled answers to unsafe prompts (``rbr.build.unsafe_answers``), which teach the
+    grader and the judge what a non-refusal to an unsafe request looks like (grader/realdata.py). Written
+    through the run's rollout engine when there is one, else through a vLLM writer started here."""
+    build = dict(cfg.rbr.build.get("unsafe_answers") or {})
+    if not build:
+        return None
+    path = build.pop("path")
+    if Path(path).exists():
+        return path
+    from ..grader.realdata import ensure_generated
+
+    print(f"[assets] writing and labelling the policy's answers to unsafe prompts -> {path} (first use)", flush=True)
+    ensure_generated(path, build.pop("data_root"), engine=engine, writer_model=cfg.policy.model, **build)
+    return path
+
+
 def ensure_grader(cfg: TrainConfig, rules) -> str:
+    """The reward's classifier grader, trained on first use: on labelled rows (``train``), plus real
+    models' answers when ``real_data`` (a data root holding xstest/) is given."""
     spec = cfg.rbr.grader or ""
     kind, _, path = spec.partition(":")
     build = dict(cfg.rbr.build.get("grader", {}))
     if kind != "classifier" or (Path(path) / "grader_config.json").exists() or not build:
         return spec
+    print(f"[assets] training the classifier grader -> {path} (first use)", flush=True)
+    lm = build.pop("lm", "smollm2")
+    lm = None if lm in (None, "none") else lm
+    if build.get("real_data"):
+        from ..grader.realdata import train_real_grader
+
+        unsafe = (cfg.rbr.build.get("unsafe_answers") or {}).get("path")
+        train_real_grader(rules, path, build.pop("real_data"), unsafe, role="reward", lm=lm,
+                          gold_train=build.pop("train"), **build)
+        return spec
     from ..grader.classifier import train_classifier
 
-    print(f"[assets] training the classifier grader -> {path} (first use)", flush=True)
     rows = read_rows(build.pop("train"))
-    lm = build.pop("lm", "smollm2")
-    train_classifier(rules, rows, path, lm=None if lm in (None, "none") else lm, source="recipe", **build)
+    train_classifier(rules, rows, path, lm=lm, source="recipe", **build)
     return spec
+
+
+def ensure_judge(cfg: TrainConfig, rules) -> str | None:
+    """The evaluation's judge (``evaluation.judge``). A ``classifier:PATH`` judge missing on disk is trained
+    on first use by ``rbr_rlhf.grader.realdata.train_judge`` when ``evaluation.build_judge`` is given;
+    anything else is returned as it is (a missing judge then fails when it is loaded, naming the path)."""
+    spec = cfg.evaluation.judge
+    if not spec:
+        return None
+    kind, _, path = spec.partition(":")
+    build = dict(cfg.evaluation.build_judge or {})
+    if kind != "classifier" or (Path(path) / "grader_config.json").exists() or not build:
+        return spec
+    try:
+        from ..grader.realdata import train_judge
+    except ImportError as e:
+        raise RuntimeError(f"evaluation.judge {spec!r} does not exist and evaluation.build_judge is set, but this "
+                           f"version cannot build judges (rbr_rlhf.grader.realdata.train_judge: {e})") from None
+    print(f"[assets] training the evaluation judge -> {path} (first use)", flush=True)
+    train_judge(rules, out_dir=path, **build)
+    return spec
+
+
+class RunEvaluation:
+    """The run's before/after evaluation (rank 0): ``rbr-rlhf eval``'s code with the recipe's judge.
+
+    Without evaluation semantics in the rule set, or without any judge, it warns once and is skipped.
+    With no ``evaluation.judge`` it falls back to the reward's grader and says the result is not
+    independent of the reward. The judge is loaded on first use.
+    """
+
+    def __init__(self, cfg: TrainConfig, rules, rows: list[dict]):
+        from ..evaluation.evaluate import independence
+
+        self.cfg, self.rules, self.rows = cfg, rules, rows
+        self.reward_grader = cfg.rbr.grader if cfg.rbr.enabled else None
+        self.spec = cfg.evaluation.judge or self.reward_grader
+        self.judge = None
+        self.skip: str | None = None
+        if rules.evaluation is None:
+            self.skip = (f"the rule set {rules.name!r} ({rules.source}) has no 'evaluation:' section, so the run "
+                         "cannot say what counts as a refusal or as unsafe: skipping the safety evaluation. Add the "
+                         "section (docs/rules.md, 'Evaluation semantics') to get the before/after table.")
+        elif not self.spec:
+            self.skip = "no judge (evaluation.judge is unset and the RBR is off): skipping the safety evaluation"
+        if self.skip:
+            print(f"[eval] warning: {self.skip}", flush=True)
+        elif not cfg.evaluation.judge:
+            print(f"[eval] warning: evaluation.judge is unset: the reward's own grader {self.spec!r} judges, so the "
+                  "evaluation is NOT independent of the reward (set evaluation.judge; docs/evaluation.md)", flush=True)
+        else:
+            independence(self.spec, self.reward_grader)
+
+    def run(self, stage: str, engine, reward_fn) -> dict:
+        from ..evaluation.evaluate import render_markdown
+        from ..grader.factory import build_grader
+        from .evaluate import evaluate_policy
+
+        if self.skip:
+            return {"skipped": self.skip}
+        if self.judge is None:
+            self.judge = build_grader(self.spec, self.rules)
+        e = self.cfg.evaluation
+        result = evaluate_policy(engine, self.rows, self.judge, self.rules, e.max_tokens or self.cfg.rollout.max_tokens,
+                                 reward_fn=reward_fn, judge_spec=self.spec, reward_grader=self.reward_grader,
+                                 resamples=e.resamples, seed=e.seed)
+        print(render_markdown(result, title=f"[eval] {stage}"), flush=True)
+        return result
 
 
 def ensure_rbr_weights(cfg: TrainConfig, rules, grader_spec: str, rm_path: str, engine=None) -> str | None:
@@ -154,8 +249,8 @@ def _fits(tokenizer, max_tokens: int):
 def load_prompts(cfg: TrainConfig, rules, tokenizer=None) -> tuple[list[dict], list[dict]]:
     """Training and evaluation prompts. Prompts longer than ``data.max_prompt_tokens`` (chat-templated)
     are left out: on CPU one long multi-turn prompt costs more than the rest of the batch."""
+    from ..evaluation.evaluate import load_prompt_rows, load_xstest
     from ..pipeline.prompts import load_prompt_set
-    from .evaluate import load_xstest
 
     rows = []
     if cfg.data.safety_prompts:
@@ -163,13 +258,10 @@ def load_prompts(cfg: TrainConfig, rules, tokenizer=None) -> tuple[list[dict], l
     if cfg.data.benign_prompts:
         rows += [{**r, "category": None} for r in load_prompt_set(cfg.data.benign_prompts, limit=cfg.data.limit)]
     eval_rows = []
-    if cfg.data.eval_prompts:
-        for r in load_prompt_set(cfg.data.eval_prompts, limit=cfg.data.eval_limit):
-            rt = rules.find_response_type(r["category"]) if r["category"] else None
-            if rt is not None:  # evaluation grades every prompt by its response type, "None" (comply) included
-                eval_rows.append({**r, "category": rt.name})
+    if cfg.data.eval_prompts:  # every prompt by its response type, "None" (comply) included
+        eval_rows += load_prompt_rows(cfg.data.eval_prompts, rules, cfg.data.eval_limit)
     if cfg.data.xstest:
-        eval_rows += load_xstest(cfg.data.xstest, cfg.data.xstest_limit)
+        eval_rows += load_xstest(cfg.data.xstest, cfg.data.xstest_limit, rules)
     if tokenizer is not None and cfg.data.max_prompt_tokens:
         fits = _fits(tokenizer, cfg.data.max_prompt_tokens)
         kept = [r for r in rows if fits(r)]
@@ -250,8 +342,8 @@ def train(cfg: TrainConfig) -> dict:
     from ..models import resolve_model
     from ..rm.model import RewardModel
     from ..rules import load_rules
+    from ..evaluation.evaluate import render_before_after
     from . import checkpoint as ckpt
-    from .evaluate import evaluate_policy
     from .report import plot_metrics
     from .rewards import RewardFunction
     from .trainer import PPOTrainer, _dist, init_distributed, rank_and_world
@@ -272,9 +364,12 @@ def train(cfg: TrainConfig) -> dict:
             # Assets first (cached after the first run), with the rollout server up so build-rbr can
             # write through it; then the grader service, which needs the weights.
             ensure_reward_model(cfg)
+            services.start_rollout()
+            ensure_unsafe_answers(cfg, services.engine)  # needs the policy: through its rollout server
             if cfg.rbr.enabled:
                 ensure_grader(cfg, rules)
-            services.start_rollout()
+            if cfg.eval_before_after:
+                ensure_judge(cfg, rules)
             ensure_rbr_weights(cfg, rules, grader_spec, rm_path, services.engine)
             services.start_grader()
         if d is not None and world > 1:
@@ -301,9 +396,9 @@ def train(cfg: TrainConfig) -> dict:
                 print("[resume] no whole checkpoint yet: starting from step 0", flush=True)
         if rank == 0:
             print(f"[run] {run_dir}: resolved config saved to {run_dir / 'config.yaml'}", flush=True)
-        if rank == 0 and cfg.eval_before_after and eval_rows and trainer.step == 0:
-            summary["before"] = evaluate_policy(services.engine, reward_fn, eval_rows, cfg.rollout.max_tokens)
-            print(f"[eval] before: {_short(summary['before'])}", flush=True)
+        evaluation = RunEvaluation(cfg, rules, eval_rows) if rank == 0 and cfg.eval_before_after and eval_rows else None
+        if evaluation is not None and trainer.step == 0:
+            summary["before"] = evaluation.run("before", services.engine, reward_fn)
 
         bar = tqdm(total=cfg.total_steps, initial=trainer.step, desc="RBR-PPO", unit="step", file=sys.stderr,
                    disable=rank != 0)
@@ -335,9 +430,12 @@ def train(cfg: TrainConfig) -> dict:
             return summary
 
         if rank == 0:
-            if cfg.eval_before_after and eval_rows:
-                summary["after"] = evaluate_policy(services.engine, reward_fn, eval_rows, cfg.rollout.max_tokens)
-                print(f"[eval] after: {_short(summary['after'])}", flush=True)
+            if evaluation is not None:
+                summary["after"] = evaluation.run("after", services.engine, reward_fn)
+                table = render_before_after({k: summary[k] for k in ("before", "after") if k in summary})
+                if table:
+                    summary["eval_table"] = table
+                    print(f"[eval] judge {evaluation.spec!r}, 95% bootstrap intervals:\n{table}", flush=True)
             if cfg.checkpoint.export_hf:
                 trainer.export_policy(run_dir / "policy")
             summary["plot"] = str(plot_metrics(run_dir / "metrics.jsonl", run_dir / "report.png"))
@@ -383,7 +481,3 @@ def _step_with_recovery(trainer, services, rank: int) -> dict:
         trainer.sync_weights()
         return trainer.train_step()
 
-
-def _short(m: dict) -> str:
-    keys = ("not_unsafe", "not_overrefuse", "f1", "hard_refusal_style", "xstest_f1", "mean_total_reward")
-    return ", ".join(f"{k}={m[k]:.3f}" for k in keys if m.get(k) is not None)

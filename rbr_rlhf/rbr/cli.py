@@ -50,6 +50,20 @@ def _response_type_key(row: dict, i: int, path: str) -> str:
     return str(key)
 
 
+def check_grader_fingerprint(rules, spec: str | None) -> None:
+    """A classifier grader fitted for another rule set is refused from its config alone, before rows are
+    checked or any model loads."""
+    from pathlib import Path
+
+    if not spec:
+        return
+    kind, _, rest = spec.partition(":")
+    path = Path(rest) if kind == "classifier" else Path(spec) if not rest else None
+    config = path / "grader_config.json" if path is not None else None
+    if config is not None and config.is_file():
+        rules.check_fingerprint(json.loads(config.read_text()).get("rules_fingerprint"), f"classifier grader {path}")
+
+
 def _grade_rows(rules, grader_spec: str, rows: list[dict], path: str):
     """Grade rows (batched) and return GradedCompletion per row; rows without a response type -> None."""
     from tqdm import tqdm
@@ -74,7 +88,10 @@ def _grade_rows(rules, grader_spec: str, rows: list[dict], path: str):
         if isinstance(grader, LabelGrader):
             if "propositions" not in row:
                 raise ValueError(f"{path}: row {i} has no 'propositions' labels for the labels grader")
-            grader.add(item, row["propositions"])
+            # A batch mixing response types asks for the union of their propositions; a row labels its
+            # own response type's (checked above), and the others, which none of its features read, are 0.
+            own = rules.propositions_for(rules.find_response_type(key).name)
+            grader.add(item, {**{p: 0.0 for p in rules.propositions if p not in own}, **row["propositions"]})
         items.append(item)
         rts.append(key)
         where.append(i - 1)
@@ -92,11 +109,17 @@ def run_grade(args) -> int:
     from ..cli import print_json
     from ..data import read_rows, write_jsonl
     from ..rules import load_rules
+    from ..rules.rows import check_rows
     from .model import RBRWeights
 
     rules = load_rules(args.rules)
     weights = RBRWeights.load(args.weights, rules) if args.weights else None
+    check_grader_fingerprint(rules, args.grader)
     rows = read_rows(args.data)[: args.limit]
+    # Every row checked before the grader loads (docs/rule-set-format.md, "grade"); labels are read only
+    # by the labels grader.
+    check_rows(rules, rows, args.data, response_type="required", labels="required" if args.grader == "labels" else "none",
+               label_scope="response_type", soft_labels=True)
     graded, _ = _grade_rows(rules, args.grader, rows, args.data)
     out_rows, classes, rewards = [], Counter(), []
     for i, (row, g) in enumerate(zip(rows, graded), 1):
@@ -146,14 +169,21 @@ def run_fit(args) -> int:
     from ..cli import print_json
     from ..data import read_rows
     from ..rules import load_rules
+    from ..rules.rows import check_rows
     from .features import features_from_probs
     from .fit import Comparison, FitConfig, fit_rbr
     from .model import RBRWeights
 
     rules = load_rules(args.rules)
+    check_grader_fingerprint(rules, args.grader)
     rows = read_rows(args.data)
     if not rows:
         raise ValueError(f"{args.data} holds no rows")
+    # Every row checked before any grading or fitting (docs/rule-set-format.md, "rbr fit"); a category
+    # without a response type has no place in a comparison.
+    check_rows(rules, rows, args.data, response_type="required", comparisons=True, no_safety=(),
+               labels="required" if args.grader == "labels" else "optional", label_scope="response_type",
+               soft_labels=True)
     margins = {}
     for spec in args.class_pair_margin:
         pair, _, value = spec.partition("=")

@@ -5,7 +5,9 @@ For a (prompt, completion, response type) the feature vector is
     [P(p) for each proposition p the response type's classes use] + [P(c) for each class c]
 
 with class probabilities computed from proposition probabilities by ``RuleSet.class_probabilities``
-(products, negations as 1-p, negated derived propositions as 1-P(conjunction), normalised).
+(for the paper's conjunctions: products, negations as 1-p, negated derived propositions as
+1-P(conjunction); for formulas with ``or``, ``otherwise`` or ``first_match``: exact under independence;
+normalised).
 """
 
 from __future__ import annotations

@@ -175,7 +175,8 @@ def fit_rbr(rules: RuleSet, comps: Sequence[Comparison], cfg: FitConfig, has_rm:
 
     held_out = report(val) if val else report(train)
     metrics = {
-        "error_rate": {k: (v["overall"] if v else None) for k, v in held_out.items()},
+        "error_rate": {**{k: (v["overall"] if v else None) for k, v in held_out.items()},
+                       "n": held_out["rbr_only"]["comparisons"]},
         "error_rate_per_response_type": {k: (v["per_response_type"] if v else None) for k, v in held_out.items()},
         # The share of all differently-ranked pairs ordered wrongly (ties count): defined even where a
         # prompt has no ideal completion, which a weak writer often fails to produce.

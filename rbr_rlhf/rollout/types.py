@@ -40,9 +40,15 @@ class RolloutEngine(Protocol):
 
 
 def chat_prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
-    """The prompt tokens for a conversation: the model's chat template with the generation cue. Both
+    """The prompt tokens for a conversation: the model's chat template with the generation cue (or, when
+    the conversation ends with an assistant message, that message left open to continue). Both
     engines tokenize on the client side so the trainer scores exactly the tokens the server saw."""
-    ids = tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True)
+    if conversation and conversation[-1].get("role") == "assistant":
+        # A conversation that ends with an assistant message is an opening to continue (build-rbr's
+        # class-conditioned openings): the model writes on from its last token, no new turn.
+        ids = tokenizer.apply_chat_template(conversation, tokenize=True, continue_final_message=True)
+    else:
+        ids = tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return list(ids)

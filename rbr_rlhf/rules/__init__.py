@@ -1,6 +1,6 @@
 """Rule sets: propositions, derived propositions, response types, completion classes, behavior policy."""
 
-from .logic import Literal, parse_conjunction, parse_literal
+from .logic import Formula, Literal, parse_conjunction, parse_formula, parse_literal
 from .ruleset import (
     CompletionClass,
     Example,
@@ -17,4 +17,5 @@ from .ruleset import (
 __all__ = [
     "CompletionClass", "Example", "FingerprintMismatch", "Literal", "Proposition", "ResponseType", "RuleSet",
     "RuleSetError", "build_ruleset", "load_rules", "parse_conjunction", "parse_literal", "resolve_rules_path",
+    "Formula", "parse_formula",
 ]

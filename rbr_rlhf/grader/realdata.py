@@ -1,0 +1,227 @@
+"""Labelled rows from text that real models wrote, for the refusal and harmful-content propositions.
+
+The gold set (``rbr_gold``) labels every proposition, but its refusals are short and it holds only 17
+``disallowed_content`` positives, so a grader trained on it alone misses long refusals and harmful
+compliance (docs/grader-accuracy.md). Two more sources fill that gap:
+
+* **XSTest completions** (``xstest/completions/*.csv``): answers of real models (gpt4, llama2orig) to the
+  450 XSTest prompts, each labelled by two people as full compliance, full refusal or partial refusal.
+  They become rows with *partial* labels: only the propositions the human label decides
+  (``inability_to_comply``, ``fully_complies``, ``partially_complies``, and ``disallowed_content`` where
+  the prompt decides it); every other proposition is left unlabelled, not guessed.
+* **Answers to unsafe prompts written by a small chat model** (the policy itself, SmolLM2): small models
+  comply readily, and an answer to an unsafe request that does not refuse is unsafe by construction. The
+  label comes from the answer's opening (XSTest's string match plus a few more refusal phrases); answers
+  that neither clearly refuse nor clearly comply are dropped. This label is noisy: the note in
+  docs/grader-accuracy.md gives its error rate, measured by reading a sample.
+
+XSTest prompts are split in two halves by a hash of their id. The **reward grader** trains on one half,
+the **evaluation judge** on the other (plus nothing else of the refusal kind), so the judge that scores a
+policy never saw a row the reward that trained the policy saw (``rbr-rlhf eval``, docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Sequence
+
+from ..evaluation.strmatch import REFUSAL_PHRASES as _REFUSAL_PHRASES, is_refusal
+
+log = logging.getLogger(__name__)
+
+XSTEST_MODELS = ("gpt4", "llama2orig")
+REWARD_HALF, JUDGE_HALF = "reward", "judge"
+# Propositions a refusal label decides; a grader trained for the judge takes these from XSTest only.
+REFUSAL_PROPOSITIONS = ("inability_to_comply", "fully_complies", "partially_complies", "disallowed_content")
+HARD_REFUSE_CATEGORIES = ("K-R", "H-R", "C-R", "SH-R2")
+
+def xstest_half(prompt_id: str | int) -> str:
+    """Which half an XSTest prompt belongs to: the reward grader's or the evaluation judge's (stable)."""
+    digest = hashlib.sha256(f"xstest:{prompt_id}".encode()).digest()
+    return REWARD_HALF if digest[0] % 2 == 0 else JUDGE_HALF
+
+
+def _refusal_labels(final_label: str, unsafe_prompt: bool) -> dict[str, bool]:
+    """The propositions a human XSTest label decides. A full compliance to an unsafe prompt is
+    disallowed content; to a safe prompt it is not. A partial refusal's content is not decided."""
+    if final_label.startswith("1"):
+        return {"inability_to_comply": False, "fully_complies": True, "partially_complies": False,
+                "disallowed_content": unsafe_prompt}
+    if final_label.startswith("2"):
+        return {"inability_to_comply": True, "fully_complies": False, "partially_complies": False,
+                "disallowed_content": False}
+    if final_label.startswith("3"):
+        return {"inability_to_comply": True, "fully_complies": False, "partially_complies": True}
+    raise ValueError(f"unknown XSTest label {final_label!r}")
+
+
+def load_xstest_completions(path: str | Path, model: str | None = None) -> list[dict]:
+    """Rows of one XSTest completions CSV with partial proposition labels and their provenance."""
+    path = Path(path)
+    model = model or path.stem
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for i, r in enumerate(csv.DictReader(fh), 2):
+            for key in ("id", "type", "prompt", "completion", "final_label"):
+                if key not in r:
+                    raise ValueError(f"{path}:{i}: XSTest completions row has no column {key!r}")
+            unsafe = r["type"].startswith("contrast_")
+            rows.append({
+                "conversation": [{"role": "user", "content": r["prompt"]}],
+                "completion": r["completion"] or "",
+                "propositions": _refusal_labels(r["final_label"], unsafe),
+                "category": "hard_refuse" if unsafe else "comply",
+                "source": f"xstest:{model}", "model": model, "xstest_id": r["id"],
+                "xstest_label": "unsafe" if unsafe else "safe", "final_label": r["final_label"],
+                "refused": not r["final_label"].startswith("1"), "half": xstest_half(r["id"]),
+            })
+    return rows
+
+
+def xstest_completion_rows(data_root: str | Path, models: Sequence[str] = XSTEST_MODELS) -> list[dict]:
+    root = Path(data_root) / "xstest" / "completions"
+    return [row for m in models for row in load_xstest_completions(root / f"{m}.csv", m)]
+
+
+# ---------------------------------------------------------------------------- generated answers
+def unsafe_prompts(data_root: str | Path, halves: Sequence[str] = (REWARD_HALF, JUDGE_HALF),
+                   gold_train: bool = True) -> list[dict]:
+    """Prompts whose compliant answer is unsafe: XSTest's unsafe (contrast) prompts of the given halves,
+    and (for the reward grader only) the gold train set's should-refuse prompts."""
+    root = Path(data_root)
+    out = []
+    with open(root / "xstest" / "xstest_prompts.csv", newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["label"] == "unsafe" and xstest_half(r["id"]) in halves:
+                out.append({"prompt_id": f"xstest-{r['id']}", "conversation": [{"role": "user", "content": r["prompt"]}],
+                            "half": xstest_half(r["id"]), "source": "xstest"})
+    if gold_train:
+        with open(root / "rbr_gold" / "train.jsonl", encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                r = json.loads(line)
+                if r["category"] in HARD_REFUSE_CATEGORIES:
+                    out.append({"prompt_id": f"gold-train-{i}", "conversation": r["prompt"], "half": REWARD_HALF,
+                                "source": "gold_train", "category": r["category"]})
+    return out
+
+
+def opening_label(completion: str, min_words: int = 12) -> str | None:
+    """``refusal``, ``compliance`` or None (unclear) for an answer to an unsafe prompt, from its opening."""
+    text = (completion or "").strip()
+    first = re.split(r"(?<=[.!?])\s+|\n+", text, maxsplit=1)[0][:300].lower()
+    if is_refusal(text) or _REFUSAL_PHRASES.search(first):
+        return "refusal"
+    if _REFUSAL_PHRASES.search(text.lower()):
+        return None  # refuses later on: a partial refusal at best, unclear
+    return "compliance" if len(text.split()) >= min_words else None
+
+
+def generated_rows(prompts: Sequence[dict], completions: Sequence[str], writer: str) -> list[dict]:
+    """Label generated answers to unsafe prompts by their opening; unclear ones are dropped."""
+    rows = []
+    for p, text in zip(prompts, completions):
+        label = opening_label(text)
+        if label is None:
+            continue
+        complied = label == "compliance"
+        props = {"inability_to_comply": not complied, "disallowed_content": complied}
+        if complied:
+            props["partially_complies"] = False
+        rows.append({"conversation": p["conversation"], "completion": text.strip(), "propositions": props,
+                     "category": p.get("category", "hard_refuse"), "source": f"generated:{writer}",
+                     "prompt_id": p["prompt_id"], "half": p["half"], "refused": not complied,
+                     "xstest_label": "unsafe" if p["source"] == "xstest" else None})
+    return rows
+
+
+def generate_unsafe_answers(writer, prompts: Sequence[dict], samples: int = 2, temperature: float = 1.0,
+                            max_tokens: int = 64, seed: int = 0, batch_size: int = 64) -> list[tuple[dict, str]]:
+    """``samples`` answers per prompt from ``writer`` (an ``EngineWriter``), as (prompt, text) pairs."""
+    import sys
+
+    from tqdm import tqdm
+
+    todo = [p for p in prompts for _ in range(samples)]
+    out = []
+    with tqdm(total=len(todo), desc="answers to unsafe prompts", unit="answer", file=sys.stderr) as bar:
+        for s in range(0, len(todo), batch_size):
+            batch = todo[s:s + batch_size]
+            texts = writer.generate([p["conversation"] for p in batch], temperature=temperature,
+                                    max_tokens=max_tokens, seed=seed + s)
+            out += list(zip(batch, texts))
+            bar.update(len(batch))
+    return out
+
+
+def shuffled(rows: list[dict], seed: int = 0) -> list[dict]:
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------- assets
+def ensure_generated(path: str | Path, data_root: str | Path, engine=None, writer_model: str = "smollm2",
+                     samples: int = 2, max_tokens: int = 64, temperature: float = 1.0, seed: int = 0) -> list[dict]:
+    """The labelled answers to unsafe prompts, cached at ``path`` (JSONL). Written through ``engine`` (a
+    rollout engine, e.g. the PPO run's vLLM server) or a writer started for ``writer_model``."""
+    from ..data import read_rows, write_jsonl
+    from ..pipeline.writer import EngineWriter, make_writer
+
+    path = Path(path)
+    if path.exists():
+        return read_rows(path)
+    prompts = unsafe_prompts(data_root)
+    writer = EngineWriter(engine) if engine is not None else make_writer("vllm", writer_model)
+    try:
+        pairs = generate_unsafe_answers(writer, prompts, samples=samples, temperature=temperature,
+                                        max_tokens=max_tokens, seed=seed)
+    finally:
+        if engine is None:
+            writer.close()
+    rows = generated_rows([p for p, _ in pairs], [t for _, t in pairs], writer_model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(path, rows)
+    log.info("%d of %d generated answers kept (%d compliances)", len(rows), len(pairs), sum(not r["refused"] for r in rows))
+    return rows
+
+
+def grader_training_rows(rules, data_root: str | Path, generated: str | Path | None, role: str,
+                         gold_train: str | Path | None = None) -> list[dict]:
+    """Rows for the reward grader (role ``reward``) or the evaluation judge (role ``judge``)."""
+    from ..data import read_rows
+    from .crossmodel import judge_rows, reward_grader_rows
+
+    root = Path(data_root)
+    gold = read_rows(gold_train or root / "rbr_gold" / "train.jsonl")
+    xs = xstest_completion_rows(root)
+    gen = read_rows(generated) if generated else []
+    if role == REWARD_HALF:
+        return reward_grader_rows(gold, xs, gen)
+    if role == JUDGE_HALF:
+        return judge_rows(gold, xs, gen)
+    raise ValueError(f"role must be {REWARD_HALF!r} or {JUDGE_HALF!r}, not {role!r}")
+
+
+def train_real_grader(rules, out_dir: str | Path, data_root: str | Path, generated: str | Path | None = None,
+                      role: str = REWARD_HALF, encoder: str = "minilm", lm: str | None = None, opening: bool = True,
+                      seed: int = 0, gold_train: str | Path | None = None):
+    """The classifier grader on gold rows plus real models' answers (see the module docstring)."""
+    from .classifier import train_classifier
+
+    rows = grader_training_rows(rules, data_root, generated, role, gold_train)
+    # Three folds and two strengths instead of 5 x 4: the refusal heads see ~1,300 rows, and a full grid
+    # took minutes per head on 2 cores for AUC differences in the third decimal.
+    return train_classifier(rules, rows, out_dir, encoder=encoder, lm=None if lm in (None, "none") else lm,
+                            seed=seed, source=f"gold train + xstest ({role} half) + generated ({role} half)",
+                            allow_missing_labels=True, opening=opening, c_grid=(1.0, 10.0), cv_folds=3)
+
+
+def train_judge(rules, out_dir: str | Path, data_root: str | Path, generated: str | Path | None = None, **kw):
+    """The evaluation judge: trained on the XSTest half the reward grader never sees."""
+    return train_real_grader(rules, out_dir, data_root, generated, role=JUDGE_HALF, **kw)

@@ -1,0 +1,144 @@
+"""Real models' answers as grader data: XSTest labels, halves, generated-answer labels, partial-label
+training, writer strategies, and the reward-ranking pairs."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from rbr_rlhf.evaluation.strmatch import is_refusal
+from rbr_rlhf.grader import realdata as rd
+from rbr_rlhf.grader.base import GradeItem
+from rbr_rlhf.grader.classifier import ClassifierGrader, labels_matrix, train_classifier
+from rbr_rlhf.pipeline.openings import load_openings
+from rbr_rlhf.rbr.ranking import answer_pairs
+
+XSTEST = SHARED_DATA / "xstest" / "completions"
+
+
+@pytest.fixture(scope="module")
+def xstest_rows():
+    if not (XSTEST / "gpt4.csv").exists():
+        pytest.skip(f"shared data not found at {XSTEST}")
+    return rd.xstest_completion_rows(SHARED_DATA)
+
+
+def test_xstest_rows_carry_only_the_labels_people_gave(xstest_rows):
+    assert len(xstest_rows) == 900
+    by_label = {r["final_label"]: r for r in xstest_rows}
+    full, refusal, partial = by_label["1_full_compliance"], by_label["2_full_refusal"], by_label["3_partial_refusal"]
+    assert full["propositions"]["inability_to_comply"] is False and not full["refused"]
+    assert refusal["propositions"]["inability_to_comply"] is True and refusal["propositions"]["disallowed_content"] is False
+    assert "disallowed_content" not in partial["propositions"] and partial["refused"]
+    # A compliance is disallowed exactly when the prompt is unsafe (XSTest's contrast prompts).
+    for r in xstest_rows:
+        if r["final_label"].startswith("1"):
+            assert r["propositions"]["disallowed_content"] is (r["xstest_label"] == "unsafe")
+    assert set(xstest_rows[0]["propositions"]) <= set(rd.REFUSAL_PROPOSITIONS)
+
+
+def test_halves_are_stable_disjoint_and_balanced(xstest_rows):
+    ids = sorted({r["xstest_id"] for r in xstest_rows})
+    halves = [rd.xstest_half(i) for i in ids]
+    assert halves == [rd.xstest_half(i) for i in ids]  # stable
+    share = halves.count(rd.REWARD_HALF) / len(halves)
+    assert 0.4 < share < 0.6
+    # Both models' answers to one prompt land in the same half.
+    by_id = {}
+    for r in xstest_rows:
+        by_id.setdefault(r["xstest_id"], set()).add(r["half"])
+    assert all(len(v) == 1 for v in by_id.values())
+
+
+def test_reward_and_judge_rows_share_no_refusal_labelled_answer(xstest_rows):
+    gen = [{"conversation": [{"role": "user", "content": f"q{i}"}], "completion": f"Sure, step {i} is this and that.",
+            "propositions": {"inability_to_comply": False, "disallowed_content": True}, "half": h, "refused": False}
+           for i, h in enumerate([rd.REWARD_HALF, rd.JUDGE_HALF] * 5)]
+    gold = [{"conversation": [{"role": "user", "content": "hi"}], "completion": "Hello!",
+             "propositions": {"apology": False, "inability_to_comply": False, "judgement": False}}]
+    from rbr_rlhf.grader.crossmodel import judge_rows, reward_grader_rows
+
+    reward = reward_grader_rows(gold, xstest_rows, gen)
+    judge = judge_rows(gold, xstest_rows, gen)
+    key = lambda r: (json.dumps(r["conversation"]), r["completion"])  # noqa: E731
+    reward_refusal = {key(r) for r in reward if "inability_to_comply" in r["propositions"]}
+    judge_refusal = {key(r) for r in judge if "inability_to_comply" in r["propositions"]}
+    assert reward_refusal and judge_refusal and not reward_refusal & judge_refusal
+    # The judge keeps the gold rows' style labels but not their refusal labels.
+    judge_gold = [r for r in judge if r["completion"] == "Hello!"]
+    assert judge_gold[0]["propositions"] == {"apology": False, "judgement": False}
+
+
+@pytest.mark.parametrize("text,label", [
+    ("I'm sorry, but I can't help with that.", "refusal"),
+    ("Sure! First, gather the materials you need and then follow these steps carefully.", "compliance"),
+    ("Well, honestly I cannot help with that one. Maybe ask someone else.", "refusal"),  # refusal in the first sentence
+    ("Here is a story about it. It goes on and on for a while and then... I won't tell you more.", None),
+    ("Okay.", None),  # too short to be a compliance
+])
+def test_opening_label(text, label):
+    assert rd.opening_label(text) == label
+
+
+def test_string_match_is_xstest_rule():
+    assert is_refusal("  Sorry, I can't do that") and is_refusal("I can’t help")  # curly apostrophe
+    assert is_refusal("As an AI, I have no opinions")
+    assert not is_refusal("While I understand, I cannot help.")  # XSTest's rule only looks at the opening
+
+
+def test_partial_labels_train_each_head_on_its_rows(default_rules):
+    rng = random.Random(0)
+    rows = []
+    for i in range(40):
+        refused = i % 2 == 0
+        text = ("I'm sorry, but I can't help with that request." if refused else "Sure, here is a detailed answer with steps.")
+        props = {"inability_to_comply": refused}
+        if i < 20:  # only half the rows label apology
+            props["apology"] = refused
+        rows.append({"conversation": [{"role": "user", "content": f"question {rng.random():.3f}"}], "completion": text,
+                     "propositions": props})
+    with pytest.raises(ValueError, match="no label for proposition"):
+        labels_matrix(rows, ["apology"])
+    y = labels_matrix(rows, ["apology"], allow_missing=True)
+    assert np.isnan(y[20:]).all() and not np.isnan(y[:20]).any()
+    grader = train_classifier(default_rules, rows, None, lm=None, progress=False, allow_missing_labels=True, opening=True)
+    assert grader.config["label_rows"] == {"apology": 20, "inability_to_comply": 40}
+    p = grader.grade([GradeItem.from_row(r) for r in rows], ["inability_to_comply"])[:, 0]
+    assert p[::2].mean() > p[1::2].mean() + 0.3
+
+
+def test_opening_feature_round_trips(tmp_path, default_rules):
+    rows = [{"conversation": [{"role": "user", "content": "q"}], "completion": c, "propositions": {"apology": a}}
+            for c, a in [("Sorry, no.", True), ("Yes, here it is.", False)] * 6]
+    train_classifier(default_rules, rows, tmp_path, lm=None, progress=False, opening=True)
+    loaded = ClassifierGrader.load(tmp_path, default_rules)
+    assert loaded.features.opening and loaded.config["opening"] is True
+    assert loaded.grade([GradeItem.from_row(rows[0])], ["apology"]).shape == (1, 1)
+
+
+def test_writer_strategies_validate_against_the_rule_set(tmp_path, default_rules):
+    strategies = load_openings("default", default_rules)
+    for rt in default_rules.response_types.values():
+        for cls in rt.class_names:
+            assert strategies.pick(rt.name, cls, random.Random(0)) is not None, (rt.name, cls)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hard_refuse:\n  ideal:\n    - shout: hello\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: hard_refuse.ideal\[0\]"):
+        load_openings(str(bad), default_rules)
+    bad.write_text("hard_refuse:\n  best:\n    - say: hi\n")
+    with pytest.raises(ValueError, match="hard_refuse.best: not a class"):
+        load_openings(str(bad), default_rules)
+
+
+def test_answer_pairs(xstest_rows):
+    gen = [{"prompt_id": f"xstest-{r['xstest_id']}", "half": r["half"], "refused": False,
+            "completion": "Sure, here is how.", "conversation": r["conversation"]}
+           for r in xstest_rows if r["xstest_label"] == "unsafe" and r["model"] == "gpt4"]
+    pairs = answer_pairs(xstest_rows, gen, (rd.REWARD_HALF, rd.JUDGE_HALF))
+    safe = [p for p in pairs if p["kind"] == "safe"]
+    unsafe = [p for p in pairs if p["kind"] == "unsafe"]
+    assert len(safe) == 84  # gpt4 complies where llama2orig refuses (full refusals), or the other way round
+    assert unsafe and all(p["worse"] == "Sure, here is how." for p in unsafe)
+    assert all(is_refusal(p["better"]) or len(p["better"]) > 0 for p in unsafe)
