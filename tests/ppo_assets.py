@@ -41,7 +41,10 @@ def run_args(assets: Path, run_dir: Path, *extra: str) -> list[str]:
             f"rbr.grader=classifier:{assets / 'grader'}", f"rbr.weights={assets / 'rbr' / 'rbr_weights.json'}",
             f"data.safety_prompts={DATA / 'rbr_gold' / 'train.jsonl'}", "data.limit=40", "eval_before_after=false",
             "rollout.engine=transformers", "rollout.max_tokens=12", "ppo.prompts_per_step=4", "ppo.minibatch_size=2",
-            "ppo.epochs=1", "checkpoint.every=1", "checkpoint.export_hf=false", *extra]
+            "ppo.epochs=1", "checkpoint.every=1", "checkpoint.export_hf=false",
+            # Evaluation (where a test turns it on) judges with the tiny grader: not independent of the
+            # reward, which the run says, but nothing to build.
+            f"evaluation.judge=classifier:{assets / 'grader'}", *extra]
 
 
 def launch(args: list[str], log: Path, env_extra: dict | None = None) -> subprocess.Popen:

@@ -373,7 +373,14 @@ def test_ensure_judge_builds_a_missing_classifier_judge(tmp_path, monkeypatch, d
     fake = types.ModuleType("rbr_rlhf.grader.realdata")
     fake.train_judge = lambda rules, out_dir, **kw: calls.append((rules.name, out_dir, kw))
     monkeypatch.setitem(sys.modules, "rbr_rlhf.grader.realdata", fake)
-    cfg = lambda *o: load_config("smollm2-135m-cpu", list(o))  # noqa: E731
+    def cfg(*overrides):  # the CPU recipe without its judge-building settings, then the test's overrides
+        c = load_config("smollm2-135m-cpu", ["evaluation.judge=null", *overrides])
+        if not any(o.startswith("evaluation.build_judge") for o in overrides):
+            c.evaluation.build_judge = {}
+        else:
+            c.evaluation.build_judge = {k: v for k, v in c.evaluation.build_judge.items() if k == "limit"}
+        return c
+
     judge = tmp_path / "judge"
     assert ensure_judge(cfg(), default_rules) is None
     assert ensure_judge(cfg(f"evaluation.judge=classifier:{judge}"), default_rules) == f"classifier:{judge}"

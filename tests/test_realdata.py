@@ -142,3 +142,47 @@ def test_answer_pairs(xstest_rows):
     assert len(safe) == 84  # gpt4 complies where llama2orig refuses (full refusals), or the other way round
     assert unsafe and all(p["worse"] == "Sure, here is how." for p in unsafe)
     assert all(is_refusal(p["better"]) or len(p["better"]) > 0 for p in unsafe)
+
+
+def test_policy_answers_are_written_only_when_an_asset_to_build_needs_them(tmp_path, monkeypatch, default_rules):
+    """The CPU recipe names the policy's answers to unsafe prompts; a run whose grader, judge and weights
+    exist (every test run, a resumed run) must not generate them."""
+    from rbr_rlhf.ppo import run
+    from rbr_rlhf.ppo.config import load_config
+
+    calls = []
+    monkeypatch.setattr(rd, "ensure_generated", lambda path, *a, **k: calls.append(path) or [])
+    grader = tmp_path / "grader"
+    grader.mkdir()
+    (grader / "grader_config.json").write_text("{}")
+    cfg = load_config("smollm2-135m-cpu", [f"rbr.grader=classifier:{grader}", f"evaluation.judge=classifier:{grader}",
+                                           f"rbr.build.unsafe_answers.path={tmp_path / 'answers.jsonl'}"])
+    assert run.ensure_grader(cfg, default_rules) == f"classifier:{grader}"
+    assert run.ensure_judge(cfg, default_rules) == f"classifier:{grader}"
+    assert calls == []
+    assert run.ensure_unsafe_answers(cfg) == str(tmp_path / "answers.jsonl") and len(calls) == 1
+
+
+def test_default_openings_are_not_used_for_another_rule_set(tmp_path, caplog):
+    from conftest import EXAMPLES
+    from rbr_rlhf.pipeline.build import BuildConfig, BuildRBR
+    from rbr_rlhf.rules import load_rules
+
+    finance = load_rules(EXAMPLES / "finance.yaml")
+    build = BuildRBR(BuildConfig(prompts="p", out=str(tmp_path / "b"), grader="g", openings="default"), finance)
+    assert build._strategies() is None and "not 'finance'" in caplog.text
+
+
+def test_xstest_answers_and_prompts_share_ids_and_halves(xstest_rows):
+    """The completion files say "v2-26" where xstest_prompts.csv says "26": one id, one half for both, so
+    the unsafe-prompt pairs find the generated answers and the split is by prompt."""
+    import csv
+
+    with open(SHARED_DATA / "xstest" / "xstest_prompts.csv", newline="", encoding="utf-8") as fh:
+        by_id = {r["id"]: r["prompt"] for r in csv.DictReader(fh)}
+    same = [by_id[r["xstest_id"]] == r["conversation"][0]["content"] for r in xstest_rows]
+    assert sum(same) / len(same) > 0.95  # a few prompts were reworded between XSTest versions
+    prompts = {p["prompt_id"]: p["half"] for p in rd.unsafe_prompts(SHARED_DATA, gold_train=False)}
+    for r in xstest_rows:
+        if r["xstest_label"] == "unsafe":
+            assert prompts[f"xstest-{r['xstest_id']}"] == r["half"]

@@ -72,14 +72,17 @@ def load_xstest_completions(path: str | Path, model: str | None = None) -> list[
                 if key not in r:
                     raise ValueError(f"{path}:{i}: XSTest completions row has no column {key!r}")
             unsafe = r["type"].startswith("contrast_")
+            # The completion files number prompts "v2-N"; xstest_prompts.csv numbers the same prompt "N".
+            # One id for both, so a prompt's answers and its generated answers land in the same half.
+            pid = r["id"].removeprefix("v2-")
             rows.append({
                 "conversation": [{"role": "user", "content": r["prompt"]}],
                 "completion": r["completion"] or "",
                 "propositions": _refusal_labels(r["final_label"], unsafe),
                 "category": "hard_refuse" if unsafe else "comply",
-                "source": f"xstest:{model}", "model": model, "xstest_id": r["id"],
+                "source": f"xstest:{model}", "model": model, "xstest_id": pid,
                 "xstest_label": "unsafe" if unsafe else "safe", "final_label": r["final_label"],
-                "refused": not r["final_label"].startswith("1"), "half": xstest_half(r["id"]),
+                "refused": not r["final_label"].startswith("1"), "half": xstest_half(pid),
             })
     return rows
 
@@ -91,9 +94,10 @@ def xstest_completion_rows(data_root: str | Path, models: Sequence[str] = XSTEST
 
 # ---------------------------------------------------------------------------- generated answers
 def unsafe_prompts(data_root: str | Path, halves: Sequence[str] = (REWARD_HALF, JUDGE_HALF),
-                   gold_train: bool = True) -> list[dict]:
+                   gold_train: bool = True, max_chars: int = 2000) -> list[dict]:
     """Prompts whose compliant answer is unsafe: XSTest's unsafe (contrast) prompts of the given halves,
-    and (for the reward grader only) the gold train set's should-refuse prompts."""
+    and (for the reward grader only) the gold train set's should-refuse prompts of at most ``max_chars``
+    characters in all (a few multi-turn gold prompts exceed a small rollout server's context)."""
     root = Path(data_root)
     out = []
     with open(root / "xstest" / "xstest_prompts.csv", newline="", encoding="utf-8") as fh:
@@ -105,7 +109,7 @@ def unsafe_prompts(data_root: str | Path, halves: Sequence[str] = (REWARD_HALF, 
         with open(root / "rbr_gold" / "train.jsonl", encoding="utf-8") as fh:
             for i, line in enumerate(fh):
                 r = json.loads(line)
-                if r["category"] in HARD_REFUSE_CATEGORIES:
+                if r["category"] in HARD_REFUSE_CATEGORIES and sum(len(m["content"]) for m in r["prompt"]) <= max_chars:
                     out.append({"prompt_id": f"gold-train-{i}", "conversation": r["prompt"], "half": REWARD_HALF,
                                 "source": "gold_train", "category": r["category"]})
     return out

@@ -74,13 +74,12 @@ def run_local(args) -> int:
 
 def run_prepare(args) -> int:
     from ..ppo.config import load_config
-    from ..ppo.run import ensure_grader, ensure_judge, ensure_rbr_weights, ensure_reward_model, ensure_unsafe_answers
+    from ..ppo.run import ensure_grader, ensure_judge, ensure_rbr_weights, ensure_reward_model
     from ..rules import load_rules
 
     cfg = load_config(args.recipe, args.overrides)
     rules = load_rules(cfg.rbr.rules)
     rm = ensure_reward_model(cfg)
-    ensure_unsafe_answers(cfg)
     grader = weights = None
     if cfg.rbr.enabled:
         grader = ensure_grader(cfg, rules)

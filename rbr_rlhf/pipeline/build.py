@@ -70,6 +70,9 @@ class BuildConfig:
     # The reward-ranking check on real answers (rbr/ranking.py): a data root holding xstest/, and the
     # labelled answers to unsafe prompts (`grader unsafe-answers`). Measured on the XSTest half the
     # reward grader did not train on.
+    # Prompts longer than this (characters, all turns) are left out: a few multi-turn gold prompts do not
+    # fit a small rollout server's context (the CPU recipe's vLLM has 1,024 tokens).
+    max_prompt_chars: int = 2000
     ranking_data: str | None = None
     ranking_answers: str | None = None
     fit: dict = field(default_factory=dict)  # FitConfig fields
@@ -154,6 +157,9 @@ class BuildRBR:
                 r["category"], r["category_source"] = cat, f"prompt_classifier:{classifier.kind}"
         out = []
         for r in rows:
+            if sum(len(m.get("content") or "") for m in r["conversation"]) > self.cfg.max_prompt_chars:
+                log.info("prompt %s: longer than max_prompt_chars=%d; skipped", r["prompt_id"], self.cfg.max_prompt_chars)
+                continue
             rt = self.rules.find_response_type(str(r["category"]))
             if rt is None:
                 log.info("prompt %s: category %r has no safety response type; skipped", r["prompt_id"], r["category"])
@@ -236,6 +242,12 @@ class BuildRBR:
             return None
         from .openings import load_openings
 
+        if self.cfg.openings == "default" and self.rules.name != "default":
+            # The built-in strategies are written for the default rule set's classes; another rule set
+            # (e.g. a recipe override) needs its own file, or falls back to the class checklists.
+            log.warning("build-rbr: openings 'default' is for the default rule set, not %r: using the class "
+                        "checklists (give --openings FILE for this rule set)", self.rules.name)
+            return None
         return load_openings(self.cfg.openings, self.rules)
 
     def _plan(self, prompt: dict, cls: str, key: str, strategies) -> dict:
@@ -283,8 +295,9 @@ class BuildRBR:
 
     def _ranking(self, rbr: RBRWeights) -> dict | None:
         """R_rm, R_rbr and their sum on real compliance/refusal pairs (judge half of XSTest)."""
-        if not self.cfg.ranking_data:
-            return None
+        sem = self.rules.evaluation
+        if not self.cfg.ranking_data or sem is None or not sem.should_comply or not sem.should_refuse:
+            return None  # which response type grades a compliance and a refusal comes from the semantics
         from ..data import read_rows
         from ..grader import realdata as rd
         from ..rbr.ranking import answer_pairs, ranking_accuracy
@@ -296,7 +309,9 @@ class BuildRBR:
             from ..rm.model import RewardModel
 
             rm = RewardModel(self.cfg.rm)
-        result = self._timed("ranking", lambda: ranking_accuracy(self.rules, pairs, self.grader, rbr, rm))
+        kinds = {"safe": sem.should_comply[0], "unsafe": sem.should_refuse[0]}
+        result = self._timed("ranking", lambda: ranking_accuracy(self.rules, pairs, self.grader, rbr, rm,
+                                                                 response_types=kinds))
         result["pairs_from"] = "XSTest judge half: people-labelled answers of gpt4/llama2orig, generated compliances"
         return result
 

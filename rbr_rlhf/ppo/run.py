@@ -120,7 +120,7 @@ def ensure_unsafe_answers(cfg: TrainConfig, engine=None) -> str | None:
     return path
 
 
-def ensure_grader(cfg: TrainConfig, rules) -> str:
+def ensure_grader(cfg: TrainConfig, rules, engine=None) -> str:
     """The reward's classifier grader, trained on first use: on labelled rows (``train``), plus real
     models' answers when ``real_data`` (a data root holding xstest/) is given."""
     spec = cfg.rbr.grader or ""
@@ -134,7 +134,7 @@ def ensure_grader(cfg: TrainConfig, rules) -> str:
     if build.get("real_data"):
         from ..grader.realdata import train_real_grader
 
-        unsafe = (cfg.rbr.build.get("unsafe_answers") or {}).get("path")
+        unsafe = ensure_unsafe_answers(cfg, engine)
         train_real_grader(rules, path, build.pop("real_data"), unsafe, role="reward", lm=lm,
                           gold_train=build.pop("train"), **build)
         return spec
@@ -145,7 +145,7 @@ def ensure_grader(cfg: TrainConfig, rules) -> str:
     return spec
 
 
-def ensure_judge(cfg: TrainConfig, rules) -> str | None:
+def ensure_judge(cfg: TrainConfig, rules, engine=None) -> str | None:
     """The evaluation's judge (``evaluation.judge``). A ``classifier:PATH`` judge missing on disk is trained
     on first use by ``rbr_rlhf.grader.realdata.train_judge`` when ``evaluation.build_judge`` is given;
     anything else is returned as it is (a missing judge then fails when it is loaded, naming the path)."""
@@ -161,6 +161,8 @@ def ensure_judge(cfg: TrainConfig, rules) -> str | None:
     except ImportError as e:
         raise RuntimeError(f"evaluation.judge {spec!r} does not exist and evaluation.build_judge is set, but this "
                            f"version cannot build judges (rbr_rlhf.grader.realdata.train_judge: {e})") from None
+    if build.get("generated") and build["generated"] == (cfg.rbr.build.get("unsafe_answers") or {}).get("path"):
+        ensure_unsafe_answers(cfg, engine)  # the judge learns from the policy's answers too (its own half)
     print(f"[assets] training the evaluation judge -> {path} (first use)", flush=True)
     train_judge(rules, out_dir=path, **build)
     return spec
@@ -222,6 +224,8 @@ def ensure_rbr_weights(cfg: TrainConfig, rules, grader_spec: str, rm_path: str, 
     build = dict(cfg.rbr.build.get("weights", {}))
     if not build:
         raise FileNotFoundError(f"RBR weights {path} not found and rbr.build.weights is empty")
+    if build.get("ranking_answers") and build["ranking_answers"] == (cfg.rbr.build.get("unsafe_answers") or {}).get("path"):
+        ensure_unsafe_answers(cfg, engine)
     from ..pipeline.build import BuildConfig, BuildRBR
 
     out = str(path.parent)
@@ -363,13 +367,14 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             # Assets first (cached after the first run), with the rollout server up so build-rbr can
             # write through it; then the grader service, which needs the weights.
+            # The policy's answers to unsafe prompts, when an asset to build needs them, are written
+            # through the run's rollout server (ensure_unsafe_answers).
             ensure_reward_model(cfg)
             services.start_rollout()
-            ensure_unsafe_answers(cfg, services.engine)  # needs the policy: through its rollout server
             if cfg.rbr.enabled:
-                ensure_grader(cfg, rules)
+                ensure_grader(cfg, rules, services.engine)
             if cfg.eval_before_after:
-                ensure_judge(cfg, rules)
+                ensure_judge(cfg, rules, services.engine)
             ensure_rbr_weights(cfg, rules, grader_spec, rm_path, services.engine)
             services.start_grader()
         if d is not None and world > 1:
