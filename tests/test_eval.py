@@ -124,7 +124,7 @@ def test_training_without_semantics_warns_once_and_skips(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("[eval] warning:") == 1 and "no 'evaluation:' section" in out and "skipping" in out
     # with semantics but no judge: the reward's grader judges, and the run says it is not independent
-    RunEvaluation(load_config("smollm2-135m-cpu", []), load_rules("default"), [])
+    RunEvaluation(load_config("smollm2-135m-cpu", ["evaluation.judge=null"]), load_rules("default"), [])
     assert "NOT independent" in capsys.readouterr().out
 
 

@@ -29,7 +29,7 @@ def test_dry_run_one_node_with_requeue(capsys, tmp_path):
     assert "trap on_usr1 USR1" in script and 'touch "$STOP_FILE"' in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     # transformers rollouts: no rollout server; the grader service on loopback, its URL given to the trainer
     assert "serve-rollout" not in script and "rollout.url" not in script
-    assert "serve-grader --rules default --grader classifier:.cache/grader-minilm-gold" in script
+    assert "serve-grader --rules default --grader classifier:.cache/grader-minilm-real" in script
     assert "--host 127.0.0.1 --port 8700" in script and '"rbr.service_url=$GRADER_URL"' in script
     assert "--standalone --nnodes=1 --nproc_per_node=1 -m rbr_rlhf.cli train" in script
     assert f"run_dir={tmp_path / 'run'}" in script and f"--output={tmp_path / 'run'}/logs/job-%j.batch.log" in script
