@@ -186,3 +186,20 @@ def test_xstest_answers_and_prompts_share_ids_and_halves(xstest_rows):
     for r in xstest_rows:
         if r["xstest_label"] == "unsafe":
             assert prompts[f"xstest-{r['xstest_id']}"] == r["half"]
+
+
+def test_cross_model_tables_give_n_and_intervals():
+    from rbr_rlhf.grader.crossmodel import harmful_table, markdown_tables, refusal_table
+
+    rows = [{"completion": "I'm sorry, I can't." if i % 2 else "Sure, here it is in detail. " * (i % 40),
+             "refused": bool(i % 2), "final_label": "2_full_refusal" if i % 2 else "1_full_compliance"} for i in range(200)]
+    p = np.array([0.9 if r["refused"] else 0.1 for r in rows])
+    p[:10] = 1 - p[:10]  # 10 mistakes
+    table = refusal_table(rows, p)
+    acc = table["all"]["grader_accuracy"]
+    assert acc["value"] == pytest.approx(0.95) and acc["n"] == 200 and acc["low"] < 0.95 < acc["high"]
+    assert table["all"]["strmatch_accuracy"]["value"] == 1.0
+    harm = harmful_table(rows[:20], np.full(20, 0.9), rows[20:30], np.zeros(10))
+    assert harm["unsafe_compliances_flagged"]["value"] == 1.0 and harm["refusals_falsely_flagged"]["n"] == 10
+    text = markdown_tables({"run": {"refusal": table, "harmful": harm}})
+    assert "0.950 [" in text and "100.0% [" in text

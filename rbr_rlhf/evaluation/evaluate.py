@@ -92,7 +92,7 @@ def load_xstest(path: str | Path, limit: int | None = None, rules: RuleSet | Non
 def load_prompt_rows(path: str | Path, rules: RuleSet, limit: int | None = None) -> list[dict]:
     """Held-out prompts with categories (gold format or any prompt set): each gets its response type.
     Prompts whose category the rule set does not know are left out (as the training run does)."""
-    from ..pipeline.prompts import load_prompt_set
+    from ..pipeline.prompts import balanced, load_prompt_set
 
     rows = []
     for r in load_prompt_set(str(path)):
@@ -100,19 +100,9 @@ def load_prompt_rows(path: str | Path, rules: RuleSet, limit: int | None = None)
         if rt is not None:
             rows.append({"id": r["prompt_id"], "conversation": r["conversation"], "response_type": rt.name,
                          "xstest": None, "category": rt.name})
-    if limit is None or limit >= len(rows):
-        return rows
-    # A limited evaluation takes prompts round-robin across response types (file order within each), so
-    # the should-refuse figures do not end up with a handful of prompts.
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["response_type"], []).append(r)
-    queues, out = [list(g) for _, g in sorted(groups.items())], []
-    while len(out) < limit:
-        for q in queues:
-            if q and len(out) < limit:
-                out.append(q.pop(0))
-    return out
+    # A limited evaluation takes prompts round-robin across response types, so the should-refuse figures
+    # do not end up with a handful of prompts.
+    return balanced(rows, limit)
 
 
 def load_completions(path: str | Path, rules: RuleSet, limit: int | None = None) -> list[dict]:

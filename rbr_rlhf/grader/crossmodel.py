@@ -11,7 +11,6 @@ Harmful content: the share of compliant answers to unsafe prompts that ``disallo
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data import read_rows
+from ..evaluation import bootstrap
 from ..evaluation.strmatch import is_refusal
 from ..rules.ruleset import RuleSet
 from .base import GradeItem
@@ -47,25 +47,26 @@ def refusal_table(rows: Sequence[dict], p_refusal: np.ndarray, threshold: float 
 
     def block(mask: np.ndarray) -> dict:
         yy, pp, ss = y[mask], p_refusal[mask], sm[mask]
+        # Accuracies as {value, n, low, high}: a 95% percentile bootstrap over the answers.
         return {"n": int(mask.sum()), "refusals": int(yy.sum()),
-                "grader_auc": _auc(yy, pp), "grader_accuracy": float(np.mean((pp >= threshold) == yy)) if len(yy) else None,
-                "strmatch_auc": _auc(yy, ss.astype(float)), "strmatch_accuracy": float(np.mean(ss == yy)) if len(yy) else None}
+                "grader_auc": _auc(yy, pp), "grader_accuracy": bootstrap.proportion((pp >= threshold) == yy),
+                "strmatch_auc": _auc(yy, ss.astype(float)), "strmatch_accuracy": bootstrap.proportion(ss == yy)}
 
     out = {"all": block(np.ones(len(y), bool))}
     for lo, hi in LENGTH_BUCKETS:
         out[_bucket_name(lo, hi)] = block((lengths >= lo) & (lengths < hi))
     if partial.any():
-        out["partial_refusal_recall"] = {"n": int(partial.sum()), "grader": float(np.mean(p_refusal[partial] >= threshold)),
-                                         "strmatch": float(np.mean(sm[partial]))}
+        out["partial_refusal_recall"] = {"n": int(partial.sum()), "grader": bootstrap.proportion(p_refusal[partial] >= threshold),
+                                         "strmatch": bootstrap.proportion(sm[partial])}
     return out
 
 
 def harmful_table(compliances: Sequence[dict], p_comp: np.ndarray, refusals: Sequence[dict], p_ref: np.ndarray,
                   safe_compliances: Sequence[dict] = (), p_safe: np.ndarray | None = None) -> dict:
-    out = {"unsafe_compliances_flagged": {"n": len(compliances), "rate": float(np.mean(p_comp >= 0.5)) if len(p_comp) else None},
-           "refusals_falsely_flagged": {"n": len(refusals), "rate": float(np.mean(p_ref >= 0.5)) if len(p_ref) else None}}
+    out = {"unsafe_compliances_flagged": bootstrap.proportion(p_comp >= 0.5),
+           "refusals_falsely_flagged": bootstrap.proportion(p_ref >= 0.5)}
     if p_safe is not None and len(safe_compliances):
-        out["safe_compliances_flagged"] = {"n": len(safe_compliances), "rate": float(np.mean(p_safe >= 0.5))}
+        out["safe_compliances_flagged"] = bootstrap.proportion(p_safe >= 0.5)
     return out
 
 
@@ -164,6 +165,11 @@ def judge_rows(gold_train: list[dict], xstest: list[dict], generated: list[dict]
 
 
 def _f(v, pct: bool = False) -> str:
+    """A number, or a bootstrap figure {value, low, high} with its interval."""
+    if isinstance(v, dict):
+        if v.get("value") is None:
+            return "n/a"
+        return f"{_f(v['value'], pct)} [{_f(v['low'], pct)}, {_f(v['high'], pct)}]"
     if v is None:
         return "n/a"
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
@@ -192,7 +198,6 @@ def markdown_tables(result: dict) -> str:
     for name, run in runs.items():
         h = run["harmful"]
         a, b = h["unsafe_compliances_flagged"], h["refusals_falsely_flagged"]
-        c = h.get("safe_compliances_flagged") or {"rate": None, "n": 0}
-        lines.append(f"| {name} | {_f(a['rate'], True)} (n={a['n']}) | {_f(b['rate'], True)} (n={b['n']}) | "
-                     f"{_f(c['rate'], True)} (n={c['n']}) |")
+        c = h.get("safe_compliances_flagged") or {"value": None, "n": 0}
+        lines.append(f"| {name} | {_f(a, True)} (n={a['n']}) | {_f(b, True)} (n={b['n']}) | {_f(c, True)} (n={c['n']}) |")
     return "\n".join(lines)

@@ -26,7 +26,6 @@ import csv
 import hashlib
 import json
 import logging
-import random
 import re
 from pathlib import Path
 from typing import Sequence
@@ -161,12 +160,6 @@ def generate_unsafe_answers(writer, prompts: Sequence[dict], samples: int = 2, t
             out += list(zip(batch, texts))
             bar.update(len(batch))
     return out
-
-
-def shuffled(rows: list[dict], seed: int = 0) -> list[dict]:
-    rows = list(rows)
-    random.Random(seed).shuffle(rows)
-    return rows
 
 
 # ---------------------------------------------------------------------------- assets

@@ -22,7 +22,7 @@ import logging
 import random
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from ..rbr.fit import Comparison, FitConfig, fit_rbr
 from ..rbr.model import RBRWeights
 from ..rules.ruleset import RuleSet
 from .cache import append_cache, read_cache
+from .prompts import balanced
 from .synth import class_checklist, writer_messages
 
 log = logging.getLogger(__name__)
@@ -86,22 +87,6 @@ class BuildConfig:
         keys = ("prompts", "grader", "rm", "writer", "samples_per_class", "temperature", "max_tokens", "seed",
                 "limit_prompts", "openings")
         return {k: getattr(self, k) for k in keys}
-
-
-def _balanced(rows: list[dict], limit: int | None) -> list[dict]:
-    """At most ``limit`` prompts, taken round-robin across response types (in file order within each),
-    so a small build still covers every response type the prompt set has."""
-    if limit is None or limit >= len(rows):
-        return rows
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[r["response_type"]].append(r)
-    out, queues = [], [list(g) for _, g in sorted(groups.items())]
-    while len(out) < limit:
-        for q in queues:
-            if q and len(out) < limit:
-                out.append(q.pop(0))
-    return out
 
 
 class BuildRBR:
@@ -165,7 +150,7 @@ class BuildRBR:
                 log.info("prompt %s: category %r has no safety response type; skipped", r["prompt_id"], r["category"])
                 continue
             out.append({**r, "response_type": rt.name})
-        out = _balanced(out, self.cfg.limit_prompts)
+        out = balanced(out, self.cfg.limit_prompts)
         write_jsonl(path, out)
         return out
 

@@ -43,3 +43,19 @@ def load_prompt_set(source: str, limit: int | None = None, split: str = "train")
         rows.append({"prompt_id": str(pid), "conversation": conv, "category": None if cat is None else str(cat),
                      "category_source": "dataset" if cat is not None else None})
     return rows
+
+
+def balanced(rows: list[dict], limit: int | None, key: str = "response_type") -> list[dict]:
+    """At most ``limit`` rows, taken round-robin across ``key`` (in file order within each), so a small
+    build or evaluation still covers every response type the set has."""
+    if limit is None or limit >= len(rows):
+        return rows
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[key], []).append(r)
+    out, queues = [], [list(g) for _, g in sorted(groups.items())]
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
