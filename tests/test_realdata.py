@@ -203,3 +203,36 @@ def test_cross_model_tables_give_n_and_intervals():
     assert harm["unsafe_compliances_flagged"]["value"] == 1.0 and harm["refusals_falsely_flagged"]["n"] == 10
     text = markdown_tables({"run": {"refusal": table, "harmful": harm}})
     assert "0.950 [" in text and "100.0% [" in text
+
+
+def test_ranking_accuracy_reports_each_reward_with_n_and_interval(xstest_rows, default_rules):
+    """A reward that prefers refusals ranks every unsafe pair right and every safe pair wrong; the table
+    carries n and a bootstrap interval for each figure, and the Markdown shows both."""
+    from rbr_rlhf.pipeline.report import ranking_markdown
+    from rbr_rlhf.rbr.ranking import ranking_accuracy
+
+    class StringMatchGrader:  # P(refusal-like propositions) from XSTest's string match
+        def grade(self, items, propositions):
+            return np.array([[float(is_refusal(it.completion)) for _ in propositions] for it in items])
+
+    class PrefersRefusal:
+        def reward(self, rules, graded):
+            return graded.proposition_probs["inability_to_comply"]
+
+    gen = [{"prompt_id": f"xstest-{r['xstest_id']}", "half": r["half"], "refused": False,
+            "completion": "Sure, here is how.", "conversation": r["conversation"]}
+           for r in xstest_rows if r["xstest_label"] == "unsafe" and r["model"] == "gpt4"]
+    def string_match_agrees(p):  # keep the pairs the string match reads as people did
+        refusal, compliance = (p["better"], p["worse"]) if p["kind"] == "unsafe" else (p["worse"], p["better"])
+        return is_refusal(refusal) and not is_refusal(compliance)
+
+    pairs = [p for p in answer_pairs(xstest_rows, gen, (rd.JUDGE_HALF,)) if string_match_agrees(p)]
+    out = ranking_accuracy(default_rules, pairs, StringMatchGrader(), PrefersRefusal())
+    safe, unsafe = out["safe"], out["unsafe"]
+    assert safe["n"] > 0 and unsafe["n"] > 0 and safe["n"] + unsafe["n"] == len(pairs)
+    assert unsafe["r_rbr"] == 1.0 and safe["r_rbr"] == 0.0  # the compliance is better on safe prompts
+    assert safe["r_rm"] is None and safe["r_rm_ci"] is None  # no RM given: not measured, not 0
+    low, high = unsafe["r_rbr_ci"]
+    assert low <= unsafe["r_rbr"] <= high
+    table = ranking_markdown(out)
+    assert f"| unsafe | {unsafe['n']} |" in table and "100.0% [" in table

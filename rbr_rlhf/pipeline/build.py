@@ -283,22 +283,15 @@ class BuildRBR:
         sem = self.rules.evaluation
         if not self.cfg.ranking_data or sem is None or not sem.should_comply or not sem.should_refuse:
             return None  # which response type grades a compliance and a refusal comes from the semantics
-        from ..data import read_rows
-        from ..grader import realdata as rd
-        from ..rbr.ranking import answer_pairs, ranking_accuracy
+        from ..rbr.ranking import rank_real_answers
 
-        pairs = answer_pairs(rd.xstest_completion_rows(self.cfg.ranking_data),
-                             read_rows(self.cfg.ranking_answers) if self.cfg.ranking_answers else [], (rd.JUDGE_HALF,))
         rm = None
         if self.cfg.rm:
             from ..rm.model import RewardModel
 
             rm = RewardModel(self.cfg.rm)
-        kinds = {"safe": sem.should_comply[0], "unsafe": sem.should_refuse[0]}
-        result = self._timed("ranking", lambda: ranking_accuracy(self.rules, pairs, self.grader, rbr, rm,
-                                                                 response_types=kinds))
-        result["pairs_from"] = "XSTest judge half: people-labelled answers of gpt4/llama2orig, generated compliances"
-        return result
+        return self._timed("ranking", lambda: rank_real_answers(self.rules, self.grader, rbr, self.cfg.ranking_data,
+                                                                self.cfg.ranking_answers, rm))
 
     def label(self, g: dict) -> str | None:
         """The class a graded candidate contributes to the comparison data, or None (dropped)."""

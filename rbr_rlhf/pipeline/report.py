@@ -123,17 +123,28 @@ def _markdown(r: dict) -> str:
             lines.append(f"| {rt} | " + " | ".join(cells) + " |")
     else:
         lines += ["", "No comparisons were kept, so no weights could be fitted."]
-    rk = r.get("ranking")
-    if rk:
-        lines += ["", "## Ranking real answers (compliance vs refusal to one prompt)", "",
-                  f"Pairs: {rk.get('pairs_from', '')}. The right answer is the compliance on safe prompts and the "
-                  "refusal on unsafe ones; the share of pairs each reward ranks right (ties are wrong):", "",
-                  "| prompts | pairs | R_rm | R_rbr | R_rm + R_rbr |", "| --- | --- | --- | --- | --- |"]
-        for kind in ("safe", "unsafe"):
-            m = rk.get(kind) or {}
-            if m.get("n"):
-                lines.append(f"| {kind} | {m['n']} | {_pct(m.get('r_rm'))} | {_pct(m.get('r_rbr'))} | {_pct(m.get('total'))} |")
+    if r.get("ranking"):
+        lines += ["", ranking_markdown(r["ranking"])]
     if r.get("plot"):
         lines += ["", f"![rewards centred on the ideal completion]({r['plot']})"]
     lines += ["", "## Time per stage (s)", "", ", ".join(f"{k}: {v}" for k, v in r["timings_s"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _pct_ci(m: dict, key: str) -> str:
+    ci = m.get(key + "_ci")
+    return _pct(m.get(key)) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def ranking_markdown(rk: dict) -> str:
+    """The reward-ranking table (rbr/ranking.py) as Markdown: share of pairs each reward ranks right."""
+    lines = ["## Ranking real answers (compliance vs refusal to one prompt)", "",
+             f"Pairs: {rk.get('pairs_from', '')}. The right answer is the compliance on safe prompts and the "
+             "refusal on unsafe ones; the share of pairs each reward ranks right (ties are wrong), with its 95% "
+             "bootstrap interval:", "",
+             "| prompts | pairs | R_rm | R_rbr | R_rm + R_rbr |", "| --- | --- | --- | --- | --- |"]
+    for kind in ("safe", "unsafe"):
+        m = rk.get(kind) or {}
+        if m.get("n"):
+            lines.append(f"| {kind} | {m['n']} | {_pct_ci(m, 'r_rm')} | {_pct_ci(m, 'r_rbr')} | {_pct_ci(m, 'total')} |")
+    return "\n".join(lines)

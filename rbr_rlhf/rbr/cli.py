@@ -42,6 +42,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--json", action="store_true")
     fit.set_defaults(handler=run_fit)
 
+    rank = rsub.add_parser("rank", help="check that R_rm + R_rbr ranks real answers as the rule set says",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rank.add_argument("--rules", default="default", help="rule-set YAML path, or 'default'")
+    rank.add_argument("--grader", required=True, help="the reward's grader (classifier:DIR, llm:MODEL, ...)")
+    rank.add_argument("--weights", required=True, help="fitted RBR weights (rbr_weights.json)")
+    rank.add_argument("--reward-model", help="helpful RM directory; without it only R_rbr is ranked")
+    rank.add_argument("--data-root", default="../shared/data",
+                      help="data root holding xstest/ (people-labelled answers of real models)")
+    rank.add_argument("--answers", help="compliant answers to unsafe XSTest prompts (grader/realdata.py), "
+                                        "e.g. .cache/realdata/unsafe-answers-smollm2.jsonl")
+    rank.add_argument("--rbr-weight", type=float, default=1.0, help="w in R_rm + w R_rbr")
+    rank.add_argument("--markdown", help="also write the table to this Markdown file")
+    rank.add_argument("--json", action="store_true", help="print the result JSON object as the last line")
+    rank.set_defaults(handler=run_rank)
+
 
 def _response_type_key(row: dict, i: int, path: str) -> str:
     key = row.get("response_type") or row.get("category")
@@ -235,4 +250,35 @@ def run_fit(args) -> int:
         print(f"  {rt:14s} RBR only {fmt(v)}   RM+RBR {fmt(both)}")
     if args.json:
         print_json({"out": str(out_path), "error_rate": er, "metrics": metrics})
+    return 0
+
+
+def run_rank(args) -> int:
+    """The reward-ranking check (rbr/ranking.py) on weights that already exist: what build-rbr runs when
+    ``ranking_data`` is set, without rebuilding anything."""
+    from pathlib import Path
+
+    from ..cli import print_json
+    from ..grader.factory import build_grader
+    from ..pipeline.report import ranking_markdown
+    from ..rules import load_rules
+    from .model import RBRWeights
+    from .ranking import rank_real_answers
+
+    rules = load_rules(args.rules)
+    check_grader_fingerprint(rules, args.grader)
+    weights = RBRWeights.load(args.weights, rules)
+    rm = None
+    if args.reward_model:
+        from ..rm.model import RewardModel
+
+        rm = RewardModel(args.reward_model)
+    result = rank_real_answers(rules, build_grader(args.grader, rules), weights, args.data_root, args.answers, rm,
+                               args.rbr_weight)
+    table = ranking_markdown(result)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    if args.json:
+        print_json(result)
     return 0

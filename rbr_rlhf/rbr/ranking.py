@@ -5,7 +5,9 @@ on: on a safe prompt the compliance must score higher, on an unsafe prompt the r
 from the XSTest answers of two models where one complied and the other refused (people's labels); unsafe
 pairs put a model's labelled full refusal beside a compliant answer a small chat model wrote to the same
 prompt (``grader/realdata.py``; that label is the noisy one). The share of pairs ranked right is reported
-for R_rm, R_rbr and R_rm + w R_rbr separately, each with n.
+for R_rm, R_rbr and R_rm + w R_rbr separately, each with n and a 95% bootstrap interval
+(pairs resampled; pairs sharing a prompt are not independent, so the interval is a lower bound on
+the uncertainty).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..evaluation.bootstrap import proportion
 from ..grader.base import GradeItem
 from ..rules.ruleset import RuleSet
 from .features import grade_completions
@@ -65,9 +68,33 @@ def ranking_accuracy(rules: RuleSet, pairs: Sequence[dict], grader, weights, rew
             continue
 
         def right(r):
-            return float(np.mean(r[idx, 0] > r[idx, 1]))
+            return proportion(r[idx, 0] > r[idx, 1])
 
-        out[kind] = {"n": len(idx), "prompts": len({pairs[i]["prompt_id"] for i in idx}),
-                     "r_rm": right(r_rm) if reward_model is not None else None, "r_rbr": right(r_rbr),
-                     "total": right(r_rm + rbr_weight * r_rbr)}
+        figures = {"r_rm": right(r_rm) if reward_model is not None else None, "r_rbr": right(r_rbr),
+                   "total": right(r_rm + rbr_weight * r_rbr)}
+        out[kind] = {"n": len(idx), "prompts": len({pairs[i]["prompt_id"] for i in idx})}
+        for name, fig in figures.items():  # the share, and its 95% bootstrap interval beside it
+            out[kind][name] = fig["value"] if fig else None
+            out[kind][name + "_ci"] = [fig["low"], fig["high"]] if fig else None
     return out
+
+
+def rank_real_answers(rules: RuleSet, grader, weights, data_root: str, answers: str | None = None,
+                      reward_model=None, rbr_weight: float = 1.0) -> dict:
+    """The ranking check as ``rbr-rlhf rbr rank`` and ``build-rbr`` run it: pairs from the XSTest judge half
+    of ``data_root`` (people-labelled answers of two models) and, for unsafe prompts, the compliant answers
+    in ``answers`` (written by ``grader/realdata.py``); the rule set's evaluation semantics say which
+    response type grades each kind."""
+    from ..data import read_rows
+    from ..grader import realdata as rd
+
+    sem = rules.evaluation
+    if sem is None or not sem.should_comply or not sem.should_refuse:
+        raise ValueError("the ranking check needs the rule set's evaluation semantics "
+                         "(evaluation.should_comply and evaluation.should_refuse)")
+    pairs = answer_pairs(rd.xstest_completion_rows(data_root), read_rows(answers) if answers else [],
+                         (rd.JUDGE_HALF,))
+    kinds = {"safe": sem.should_comply[0], "unsafe": sem.should_refuse[0]}
+    result = ranking_accuracy(rules, pairs, grader, weights, reward_model, rbr_weight, response_types=kinds)
+    result["pairs_from"] = "XSTest judge half: people-labelled answers of gpt4/llama2orig, generated compliances"
+    return result
