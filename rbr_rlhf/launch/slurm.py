@@ -91,6 +91,8 @@ def plan(recipe: str, overrides: list[str], nodes: int | None = None, requeue: b
         grader_args += f" --weights {_q(cfg.rbr.weights)}"
     rollout_args = (f"--model {_q(cfg.policy.model)} --max-model-len {cfg.rollout.max_model_len} "
                     f"--kv-cache-gib {cfg.rollout.kv_cache_gib}")
+    if cfg.rollout.weight_sync == "nccl" or (cfg.rollout.weight_sync == "auto" and L.gpus_per_node > 0):
+        rollout_args += " --weight-transfer nccl"  # the trainer (rollout.weight_sync) broadcasts over NCCL
     return {
         "recipe_name": cfg.name, "job_name": job_name or f"rbr-{cfg.name}", "nodes": n, "service_nodes": L.service_nodes,
         "train_nodes": train_nodes, "nproc": nproc, "gpus_per_node": L.gpus_per_node, "cpus_per_task": L.cpus_per_task,

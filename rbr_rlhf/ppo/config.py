@@ -60,6 +60,18 @@ class RolloutConfig:
     samples_per_prompt: int = 1       # completions per prompt
     max_model_len: int = 1024         # vLLM context length
     kv_cache_gib: int = 2             # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
+    weight_sync: str = "auto"         # "auto" (NCCL when the trainer has CUDA and the server has NCCL weight transfer, else file), "file" or "nccl"
+    weight_sync_bucket_mb: int = 512  # merged weights gathered (ZeRO-3) and sent this many MiB at a time
+    nccl_address: Optional[str] = None  # host/IP the vLLM workers reach the trainer at for NCCL (null: loopback for a local server, else this host's name)
+
+    def __post_init__(self):
+        from ..rollout.weight_sync import MODES, check_nccl_address
+
+        if self.weight_sync not in MODES:
+            raise ValueError(f"rollout.weight_sync must be one of {', '.join(MODES)}, got {self.weight_sync!r}")
+        if self.weight_sync_bucket_mb <= 0:
+            raise ValueError(f"rollout.weight_sync_bucket_mb must be positive, got {self.weight_sync_bucket_mb}")
+        self.nccl_address = check_nccl_address(self.nccl_address)
 
 
 @dataclass

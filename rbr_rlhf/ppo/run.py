@@ -308,17 +308,21 @@ class Services:
             self.engine = TransformersEngine(self.policy_path)
             return
         from ..rollout.vllm_server import VLLMEngine, VLLMServer
+        from ..rollout.weight_sync import make_transport, server_launch_transfer
+        import torch
 
         url = r.url
         if not url:
             print("[services] starting the vLLM rollout server", flush=True)
             self.rollout_server = VLLMServer(self.policy_path, max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib,
-                                             log_path=str(self.logs / "rollout.log")).start()
+                                             log_path=str(self.logs / "rollout.log"),
+                                             weight_transfer=server_launch_transfer(r.weight_sync, torch.cuda.is_available())).start()
             url = self.rollout_server.url
         # Our own server shares this host: the transport's RAM directory. A server given by URL may be on
         # another node: the run directory, which a cluster job keeps on the shared filesystem.
         sync_dir = None if self.rollout_server is not None else str(Path(self.cfg.run_dir) / "weight_sync")
-        self.engine = VLLMEngine(url, self.policy_path, sync_dir=sync_dir)
+        transport = make_transport(r, url, self_started=self.rollout_server is not None, sync_dir=sync_dir)
+        self.engine = VLLMEngine(url, self.policy_path, transport=transport)
 
     def restart_rollout(self) -> bool:
         """After the rollout server died: start a new one (only if we own it). Returns whether we did."""

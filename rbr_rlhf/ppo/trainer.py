@@ -303,18 +303,12 @@ class PPOTrainer:
         return (t / self.world).item()
 
     def sync_weights(self) -> None:
-        """Push merged policy weights to the rollout engine (rank 0); every rank learns the new version."""
-        from .models import merged_policy_state_dict
+        """Push merged policy weights to the rollout engine (rank 0); every rank learns the new version.
+        Under ZeRO-3 every rank joins the per-bucket gathers (``rollout.weight_sync_bucket_mb``)."""
+        from ..rollout.weight_sync import push_weights
 
-        module = self.actor.module
-        if self.cfg.deepspeed.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = merged_policy_state_dict(module) if self.rank == 0 else None
-        else:
-            state = merged_policy_state_dict(module) if self.rank == 0 else None
-        version = self.engine.update_weights(state) if self.rank == 0 else None
+        version = push_weights(self.engine, self.actor.module, zero3=self.cfg.deepspeed.zero_stage == 3, rank=self.rank,
+                               bucket_mb=self.cfg.rollout.weight_sync_bucket_mb)
         self.weight_version = self._broadcast(version)
 
     # ------------------------------------------------------------------ metrics

@@ -213,6 +213,8 @@ class FileWeightTransport(WeightTransport):
         return path
 
     def send(self, engine: VLLMEngine, state_dict: dict[str, torch.Tensor]) -> None:
+        if not isinstance(state_dict, dict):  # a (name, tensor) source, e.g. weight_sync.MergedWeights
+            state_dict = {k: v.detach().cpu() for k, v in state_dict}
         self.send_file(engine, self.write(state_dict))
 
     def close(self) -> None:
@@ -249,41 +251,5 @@ def _shared_ptrs(state_dict) -> set[int]:
     return shared
 
 
-class NCCLWeightTransport(WeightTransport):
-    """GPU path: vLLM's weight-transfer API over NCCL (the server needs ``weight_transfer="nccl"``).
-
-    The trainer process joins an NCCL group with the inference workers once (``init``), then each update
-    broadcasts the tensors GPU-to-GPU, with no file and no host copy. Needs CUDA on both sides.
-    """
-
-    def __init__(self, master_address: str, master_port: int, inference_world_size: int):
-        self.master_address, self.master_port = master_address, master_port
-        self.world_size = inference_world_size + 1  # the trainer's sender rank + every inference worker
-        self._engine = None
-        self._source = None
-
-    def send(self, engine: VLLMEngine, state_dict: dict[str, torch.Tensor]) -> None:
-        from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
-        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
-
-        class StateDictSource(WeightSource):
-            def __init__(self):
-                self.state = {}
-
-            def metadata(self):
-                return [ParamMeta(k, v.dtype, tuple(v.shape)) for k, v in self.state.items()]
-
-            def __iter__(self):
-                for k, v in self.state.items():
-                    yield k, v.cuda(non_blocking=True)
-
-        if self._engine is None:
-            self._source = StateDictSource()
-            client = HTTPVLLMWeightSyncClient(engine.url)
-            info = NCCLTrainerInitInfo(master_address=self.master_address, master_port=self.master_port,
-                                       world_size=self.world_size)
-            self._engine = NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=self._source)
-        self._source.state = state_dict
-        # The engine drives start_weight_update / update_weights / finish_weight_update itself.
-        self._engine.send_weights()
+# The GPU path lives with the rest of the weight-sync choice; imported here for old callers.
+from .weight_sync import NCCLWeightTransport  # noqa: E402,F401
