@@ -131,6 +131,7 @@ class DeepSpeedSettings:
     zero_stage: int = 2               # ZeRO stage: 2 or 3
     offload_optimizer: bool = False   # optimizer states on CPU
     offload_param: bool = False       # parameters on CPU (ZeRO-3 only)
+    bf16: bool = False                # train in bfloat16 (DeepSpeed's bf16 mode; GPUs)
 
 
 @dataclass
