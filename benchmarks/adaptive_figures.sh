@@ -27,12 +27,12 @@ echo "scoring: $(( $(date +%s) - t0 )) s" | tee "$RUN/timing.txt"
 "${CLI[@]}" adaptive agreement --rules "$POOL" --pairs "$RUN/heldout.jsonl" --cache "$RUN/cache" --k "$K" \
   --adapter "$RUN/adapter" --json | tee "$RUN/agreement.log" | tail -1 > "$RUN/agreement.json"
 common=(--data "$RUN/train.jsonl" --rules "$POOL" --judge "$JUDGE" --score-cache "$RUN/cache" --eval-fraction 0 --max-length 192)
-"${CLI[@]}" train-rm "${common[@]}" --adaptive-rules "$K" --out "$RUN/rm-adaptive" --json | tail -1 > "$RUN/train-adaptive.json"
-"${CLI[@]}" train-rm "${common[@]}" --all-rules --out "$RUN/rm-all" --json | tail -1 > "$RUN/train-all.json"
-"${CLI[@]}" train-rm "${common[@]}" --random-rules "$K" --out "$RUN/rm-random" --json | tail -1 > "$RUN/train-random.json"
-"${CLI[@]}" train-rm "${common[@]}" --out "$RUN/rm-original" --json | tail -1 > "$RUN/train-original.json"
+"${CLI[@]}" rm train "${common[@]}" --adaptive-rules "$K" --out "$RUN/rm-adaptive" --json | tail -1 > "$RUN/train-adaptive.json"
+"${CLI[@]}" rm train "${common[@]}" --all-rules --out "$RUN/rm-all" --json | tail -1 > "$RUN/train-all.json"
+"${CLI[@]}" rm train "${common[@]}" --random-rules "$K" --out "$RUN/rm-random" --json | tail -1 > "$RUN/train-random.json"
+"${CLI[@]}" rm train "${common[@]}" --out "$RUN/rm-original" --json | tail -1 > "$RUN/train-original.json"
 for s in adaptive all random original; do
-  "${CLI[@]}" eval-rm --rm "$RUN/rm-$s" --pairs "$RUN/heldout.jsonl" --max-length 192 --json | tail -1 > "$RUN/eval-$s.json"
+  "${CLI[@]}" rm eval --rm "$RUN/rm-$s" --pairs "$RUN/heldout.jsonl" --max-length 192 --json | tail -1 > "$RUN/eval-$s.json"
 done
 echo "total: $(( $(date +%s) - t0 )) s" | tee -a "$RUN/timing.txt"
 .venv/bin/python - "$RUN" <<'EOF'

@@ -10,7 +10,7 @@ import io
 import re
 import shlex
 
-from rbr_rlhf.cli import build_parser
+from rbr_rlhf.cli import DEPRECATED, build_parser
 
 
 def normalize(tokens: list[str]) -> list[str]:
@@ -41,6 +41,8 @@ def commands_in(text: str) -> list[str]:
 def check(command: str) -> None:
     """Raises AssertionError naming the command and what is wrong with it."""
     argv = normalize(shlex.split(command)[1:])
+    if argv and argv[0] in DEPRECATED:
+        raise AssertionError(f"{command!r}: `{argv[0]}` is an old spelling: write `rbr-rlhf {DEPRECATED[argv[0]]}`")
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

@@ -25,7 +25,7 @@ def tiny_assets(tmp_path_factory, gold_dir, default_rules) -> Path:
     from test_rbr import synthetic_comparisons
 
     d = tmp_path_factory.mktemp("assets")
-    assert main(["train-rm", "--data", str(gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"), "--limit", "64",
+    assert main(["rm", "train", "--data", str(gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"), "--limit", "64",
                  "--max-length", "64", "--out", str(d / "rm")]) == 0
     rows = [json.loads(l) for l in (gold_dir / "train.jsonl").read_text().splitlines()[:150]]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,5 +1,5 @@
 """Data-adaptive safety rules: rule pools, three-way rule scoring with a shared KV prefix, the score
-cache, top-k selection and labelling, the Rule Adapter, and train-rm --adaptive-rules end to end on the
+cache, top-k selection and labelling, the Rule Adapter, and `rm train --adaptive-rules` end to end on the
 real SmolLM2 judge (a handful of short HH-RLHF pairs and rules, to stay within a few minutes)."""
 
 import gzip
@@ -272,13 +272,13 @@ def test_train_rm_with_adaptive_rules_end_to_end(tmp_path, capsys):
     (tmp_path / "pool.yaml").write_text(TINY_POOL)
     common = ["--data", str(data), "--rules", str(tmp_path / "pool.yaml"), "--score-cache", str(tmp_path / "cache"),
               "--max-length", "64", "--eval-fraction", "0", "--epochs", "1", "--batch-size", "4", "--on-tie", "original"]
-    assert main(["train-rm", *common, "--adaptive-rules", "1", "--out", str(tmp_path / "rm"), "--json"]) == 0
+    assert main(["rm", "train", *common, "--adaptive-rules", "1", "--out", str(tmp_path / "rm"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["labels"] == "adaptive" and info["k"] == 1 and info["judge_calls"] == 4 * 2 * 2
     assert info["train_pairs"] == 4 and 0 <= info["agreement_with_original"] <= 1
     assert json.loads((tmp_path / "rm" / "rm_info.json").read_text())["labels"] == "adaptive"
     # The same pairs labelled by all rules: every score comes from the cache.
-    assert main(["train-rm", *common, "--all-rules", "--out", str(tmp_path / "rm-all"), "--json"]) == 0
+    assert main(["rm", "train", *common, "--all-rules", "--out", str(tmp_path / "rm-all"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["labels"] == "all" and info["judge_calls"] == 0 and info["cached_scores"] == 16
     # The result is a reward model PPO loads: its RewardModel class and reward function score completions.
@@ -291,7 +291,7 @@ def test_train_rm_with_adaptive_rules_end_to_end(tmp_path, capsys):
     batch = reward([[{"role": "user", "content": "How do I hurt someone?"}]] * 2, ["I won't help with that.", "Hit them."],
                    ["None", "None"])
     assert np.isfinite(batch.total).all() and batch.total[0] != batch.total[1]
-    assert main(["eval-rm", "--rm", str(tmp_path / "rm"), "--pairs", str(data), "--json"]) == 0
+    assert main(["rm", "eval", "--rm", str(tmp_path / "rm"), "--pairs", str(data), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] == 4
 
 

@@ -82,11 +82,11 @@ def test_custom_rule_set_end_to_end(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["propositions"]) == {"recommends_specific_asset", "guarantees_returns", "warns_about_risk",
                                            "suggests_adviser", "explains_concepts"}
-    assert main(["grade", "--rules", rules, "--grader", str(tmp_path / "g"), "--data", labels, "--limit", "4", "--json"]) == 0
+    assert main(["rbr", "grade", "--rules", rules, "--grader", str(tmp_path / "g"), "--data", labels, "--limit", "4", "--json"]) == 0
     out = capsys.readouterr().out
     assert "response type educate" in out and json.loads(out.strip().splitlines()[-1])["graded"] == 4
     # The default rule set refuses this grader.
-    assert main(["grade", "--grader", str(tmp_path / "g"), "--data", labels, "--limit", "1"]) == 2
+    assert main(["rbr", "grade", "--grader", str(tmp_path / "g"), "--data", labels, "--limit", "1"]) == 2
     assert "fitted for rule set fingerprint" in capsys.readouterr().err
 
 

@@ -85,7 +85,7 @@ def test_grade_explains_rows_with_label_grader(tmp_path, capsys, gold_dir, defau
     assert main(["rbr", "fit", "--data", str(data), "--out", str(weights)]) == 0
     capsys.readouterr()
     out_jsonl = tmp_path / "graded.jsonl"
-    assert main(["grade", "--grader", "labels", "--weights", str(weights), "--data", str(gold_dir / "test.jsonl"),
+    assert main(["rbr", "grade", "--grader", "labels", "--weights", str(weights), "--data", str(gold_dir / "test.jsonl"),
                  "--limit", "20", "--output", str(out_jsonl), "--json"]) == 0
     text = capsys.readouterr().out
     summary = last_json(text)
@@ -101,12 +101,12 @@ def test_grade_explains_rows_with_label_grader(tmp_path, capsys, gold_dir, defau
 def test_unknown_response_type_is_a_clear_error(tmp_path, capsys):
     data = tmp_path / "x.jsonl"
     data.write_text(json.dumps({"conversation": "hi", "completion": "hello", "response_type": "Mystery"}) + "\n")
-    assert main(["grade", "--grader", "labels", "--data", str(data)]) == 2
+    assert main(["rbr", "grade", "--grader", "labels", "--data", str(data)]) == 2
     assert f"{data}: row 1: response_type: unknown response type 'Mystery'" in capsys.readouterr().err
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path, capsys):
     data = tmp_path / "x.jsonl"
     data.write_text('{"conversation": "hi"}\n{oops\n')
-    assert main(["grade", "--grader", "labels", "--data", str(data)]) == 2
+    assert main(["rbr", "grade", "--grader", "labels", "--data", str(data)]) == 2
     assert f"{data}:2: not valid JSON" in capsys.readouterr().err

@@ -26,9 +26,9 @@ def walkthrough_commands() -> list[str]:
 
 
 def test_walkthrough_covers_rules_new_to_a_ppo_step():
-    subs = [c.split()[1] for c in walkthrough_commands()]
-    assert subs[0] == "rules" and "new" in walkthrough_commands()[0] and subs[-1] == "train"
-    for sub in ("grader", "rbr", "grade", "train-rm"):
+    subs = [" ".join(c.split()[1:3]) for c in walkthrough_commands()]
+    assert subs[0] == "rules new" and subs[-1].startswith("train ")
+    for sub in ("grader train-classifier", "rbr fit", "rbr grade", "rm train"):
         assert sub in subs
 
 
@@ -41,7 +41,7 @@ def test_custom_rules_walkthrough(tiny_assets, tmp_path, monkeypatch, capsys):
         command = re.sub(r"(?<![\w/.-])(runs|my-rules)(?=/|\s|$)", lambda m: f"{tmp_path}/{m.group(1)}", command)
         assert " runs/" not in command and "my-rules" not in command.replace(f"{tmp_path}/my-rules", ""), command
         argv = shlex.split(command)[1:]
-        if argv[0] == "train-rm":  # the RM tiny_assets trained with exactly these settings
+        if argv[:2] == ["rm", "train"]:  # the RM tiny_assets trained with exactly these settings
             assert "--limit 64 --max-length 64" in command and "hh-rlhf-harmless/test.jsonl.gz" in command
             continue
         if argv[0] == "train":

@@ -29,7 +29,7 @@ def test_compose_runs_rollout_grader_and_trainer():
     services = compose["services"]
     assert {"rollout", "grader", "trainer"} <= set(services)
     commands = {name: s["command"] for name, s in services.items()}
-    assert commands["rollout"][0] == "serve-rollout" and commands["grader"][0] == "serve-grader"
+    assert commands["rollout"][:2] == ["rollout", "serve"] and commands["grader"][:2] == ["grader", "serve"]
     assert commands["trainer"][0] == "train"
     trainer = " ".join(commands["trainer"])
     assert "rollout.url=http://rollout:8800" in trainer and "rbr.service_url=http://grader:8700" in trainer

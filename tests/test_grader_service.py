@@ -179,7 +179,7 @@ def test_client_retries_through_a_restart(default_rules):
 
 
 def test_serve_grader_cli_process(tmp_path, default_rules, weights):
-    """The real command in a subprocess: `python -m rbr_rlhf.cli serve-grader` with the label oracle."""
+    """The real command in a subprocess: `python -m rbr_rlhf.cli grader serve` with the label oracle."""
     from rbr_rlhf.service.server import GraderProcess
 
     weights.save(tmp_path / "w.json")

@@ -28,8 +28,8 @@ def test_dry_run_one_node_with_requeue(capsys, tmp_path):
     assert 'if [ "$RESTARTS" -gt 0 ]; then RESUME="resume=auto"; fi' in script
     assert "trap on_usr1 USR1" in script and 'touch "$STOP_FILE"' in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     # transformers rollouts: no rollout server; the grader service on loopback, its URL given to the trainer
-    assert "serve-rollout" not in script and "rollout.url" not in script
-    assert "serve-grader --rules default --grader classifier:.cache/grader-minilm-real" in script
+    assert "rbr_rlhf.cli rollout serve" not in script and "rollout.url" not in script
+    assert "rbr_rlhf.cli grader serve --rules default --grader classifier:.cache/grader-minilm-real" in script
     assert "--host 127.0.0.1 --port 8700" in script and '"rbr.service_url=$GRADER_URL"' in script
     assert "--standalone --nnodes=1 --nproc_per_node=1 -m rbr_rlhf.cli train" in script
     assert f"run_dir={tmp_path / 'run'}" in script and f"--output={tmp_path / 'run'}/logs/job-%j.batch.log" in script
@@ -48,11 +48,11 @@ def test_dry_run_multi_node_roles_from_config(capsys):
     assert "#SBATCH --no-requeue\n" in script and "resume=auto" not in script
     assert "export NCCL_IB_DISABLE=1\n" in script and "export MASTER_PORT=29999" in script
     assert 'TRAIN_NODES=("${NODES[@]:1}")' in script and 'SERVICE_HOST="$SERVICE_NODE"' in script
-    assert "CUDA_VISIBLE_DEVICES=0,1 srun" in script and "serve-rollout --model" in script
+    assert "CUDA_VISIBLE_DEVICES=0,1 srun" in script and "rbr_rlhf.cli rollout serve --model" in script
     assert "--nnodes=2 --nproc_per_node=8 --node_rank=$NODE_RANK --master_addr=$MASTER_ADDR" in script
     assert '"rollout.url=$ROLLOUT_URL"' in script and '--host "$SERVICE_NODE"' in script
     assert 'export RBR_GRADER_TOKEN="${RBR_GRADER_TOKEN:-' in script
-    if "serve-grader" not in script:  # the GPU recipe names an external grader endpoint
+    if "rbr_rlhf.cli grader serve" not in script:  # the GPU recipe names an external grader endpoint
         assert "rbr.service_url" not in script
 
 
@@ -61,6 +61,56 @@ def test_launch_errors_are_clear(capsys):
     assert "launch.nodez" in capsys.readouterr().err
     assert main(["launch", "slurm", "smollm2-135m-cpu", "launch.service_nodes=1", "--nodes", "1", "--dry-run"]) == 2
     assert "leaves no training node" in capsys.readouterr().err
+
+
+def test_the_editable_template_is_the_built_in_one(capsys):
+    """launch/slurm.sbatch.j2 (what cluster users copy) is the package's template, which ships as package
+    data so an installed rbr-rlhf finds it without a checkout; `launch template` prints it."""
+    from importlib import resources
+
+    built_in = resources.files("rbr_rlhf.launch").joinpath("slurm.sbatch.j2").read_text()
+    assert (REPO / "launch" / "slurm.sbatch.j2").read_text() == built_in, \
+        "launch/slurm.sbatch.j2 and rbr_rlhf/launch/slurm.sbatch.j2 differ: edit both (cp one over the other)"
+    assert '"launch/*.j2"' in (REPO / "pyproject.toml").read_text()
+    assert main(["launch", "template"]) == 0
+    assert capsys.readouterr().out == built_in
+
+
+def test_sbatch_template_override(capsys, tmp_path):
+    """launch.sbatch_template in the recipe, or --sbatch-template (which wins), replaces the built-in
+    template; a missing file is a clear error."""
+    mine = tmp_path / "mine.sbatch.j2"
+    mine.write_text("#!/bin/bash\n#SBATCH --nodes={{ nodes }}\n#SBATCH --qos=mine\n{{ train_cmd_q }}\n")
+    cli_one = tmp_path / "cli.sbatch.j2"
+    cli_one.write_text("#!/bin/bash\n# from the command line: {{ job_name }}\n")
+    common = ["smollm2-135m-cpu", "rollout.engine=transformers", f"run_dir={tmp_path / 'run'}"]
+    script = dry_run(capsys, *common, f"launch.sbatch_template={mine}", "--nodes", "2")
+    assert script.startswith("#!/bin/bash\n#SBATCH --nodes=2\n#SBATCH --qos=mine\n") and "rbr_rlhf.cli train" in script
+    script = dry_run(capsys, *common, f"launch.sbatch_template={mine}", "--sbatch-template", str(cli_one))
+    assert script.startswith("#!/bin/bash\n# from the command line: rbr-")
+    assert "--qos=mine" not in script
+    assert main(["launch", "slurm", *common, f"launch.sbatch_template={tmp_path / 'nope.j2'}", "--dry-run"]) == 2
+    assert "nope.j2 does not exist" in capsys.readouterr().err
+
+
+def test_example_launch_scripts():
+    """launch/examples/*.sh: valid bash, and every rbr-rlhf command in them is a command of the CLI."""
+    import re
+
+    from rbr_rlhf.cli import build_parser, subcommands
+
+    top = subcommands(build_parser())
+    scripts = sorted((REPO / "launch" / "examples").glob("*.sh"))
+    assert {p.name for p in scripts} == {"slurm-multinode.sh", "torchrun-multinode.sh"}
+    for path in scripts:
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, path
+        text = path.read_text()
+        used = re.findall(r"-m rbr_rlhf\.cli ([a-z-]+)(?: ([a-z-]+))?", text)
+        assert {u[0] for u in used} >= {"launch", "rollout", "grader", "train"}, path
+        for group, verb in used:
+            sub = subcommands(top.choices[group])
+            assert sub is None or verb in sub.choices, f"{path.name}: rbr-rlhf {group} {verb}"
+        assert "--nnodes=2" in text and "rollout.url=$ROLLOUT_URL rbr.service_url=$GRADER_URL" in text
 
 
 def test_launch_local_dry_run(capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""The RBR data pipeline: checklists, stage caches, prompt sets, build-rbr resume (with stand-in models),
+"""The RBR data pipeline: checklists, stage caches, prompt sets, `rbr build` resume (with stand-in models),
 and one end-to-end build on the real small models (slow)."""
 
 import json
@@ -107,7 +107,7 @@ def test_build_rbr_resumes_from_its_caches(tmp_path, gold_dir, default_rules):
 
 @pytest.mark.slow
 def test_build_rbr_end_to_end_on_real_models(tmp_path, gold_dir, default_rules, capsys):
-    """build-rbr through the CLI: SmolLM2 writes, a classifier grader grades, a small RM scores; the
+    """`rbr build` through the CLI: SmolLM2 writes, a classifier grader grades, a small RM scores; the
     weights load in the grader service."""
     from rbr_rlhf.cli import main
     from rbr_rlhf.rbr import RBRWeights
@@ -117,10 +117,10 @@ def test_build_rbr_end_to_end_on_real_models(tmp_path, gold_dir, default_rules, 
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["grader", "train-classifier", "--train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "g"), "--lm", "none"]) == 0
     hh = gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"
-    assert main(["train-rm", "--data", str(hh), "--limit", "48", "--max-length", "64", "--out", str(tmp_path / "rm")]) == 0
+    assert main(["rm", "train", "--data", str(hh), "--limit", "48", "--max-length", "64", "--out", str(tmp_path / "rm")]) == 0
     capsys.readouterr()
     out = tmp_path / "build"
-    assert main(["build-rbr", "--prompts", str(gold_dir / "train.jsonl"), "--grader", f"classifier:{tmp_path / 'g'}",
+    assert main(["rbr", "build", "--prompts", str(gold_dir / "train.jsonl"), "--grader", f"classifier:{tmp_path / 'g'}",
                  "--rm", str(tmp_path / "rm"), "--out", str(out), "--limit-prompts", "4", "--max-tokens", "24",
                  "--max-rounds", "1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

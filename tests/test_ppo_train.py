@@ -110,7 +110,7 @@ def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
     p = launch(run_args(tiny_assets, resumed, "total_steps=5", "resume=auto"), log)
     try:
         wait_for(lambda: "resumed from" in log.read_text(), p, log)
-        graders = [c for c in children(p.pid) if "serve-grader" in cmdline(c)]
+        graders = [c for c in children(p.pid) if "grader serve" in cmdline(c)]
         assert len(graders) == 1
         kill_group(graders[0])
         assert p.wait(timeout=600) != 0

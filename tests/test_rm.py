@@ -1,4 +1,4 @@
-"""Reward models: preference-row layouts, pairwise accuracy, and train-rm / eval-rm on real HH-RLHF pairs."""
+"""Reward models: preference-row layouts, pairwise accuracy, and `rm train` / `rm eval` on real HH-RLHF pairs."""
 
 import json
 
@@ -35,10 +35,10 @@ def test_split_is_stable():
 @pytest.mark.slow
 def test_train_and_eval_rm_cli(tmp_path, gold_dir, capsys):
     hh = gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"
-    assert main(["train-rm", "--data", str(hh), "--limit", "64", "--max-length", "64", "--out", str(tmp_path / "rm"), "--json"]) == 0
+    assert main(["rm", "train", "--data", str(hh), "--limit", "64", "--max-length", "64", "--out", str(tmp_path / "rm"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["train_pairs"] + info["eval_pairs"] == 64 and 0 <= info["eval_accuracy"] <= 1
     assert (tmp_path / "rm" / "model.safetensors").exists()
-    assert main(["eval-rm", "--rm", str(tmp_path / "rm"), "--pairs", str(hh), "--limit", "40", "--json"]) == 0
+    assert main(["rm", "eval", "--rm", str(tmp_path / "rm"), "--pairs", str(hh), "--limit", "40", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["pairs"] == 40 and set(result) >= {"accuracy", "ties", "mean_margin"}

@@ -148,7 +148,7 @@ def test_first_match_classes_and_probabilities(medical):
 
 
 def test_checklists_for_new_formulas(medical):
-    """build-rbr's writer checklists: one satisfying assignment of the class's effective formula."""
+    """`rbr build`'s writer checklists: one satisfying assignment of the class's effective formula."""
     for rt in medical.response_types:
         for cls in medical.response_types[rt].class_names:
             seen = set()

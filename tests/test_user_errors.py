@@ -3,7 +3,7 @@ CLI, with a message naming the file, the row (or YAML line) and the key, and no 
 
 Each case of the table writes the medical example (docs/examples/medical*.{yaml,jsonl}) with one mistake
 into a temporary directory and runs one command on it: `rules check`, `grader train-classifier`,
-`grader eval`, `grade`, `rbr fit` or `train`. Every case fails before a model loads, so the table is fast.
+`grader eval`, `rbr grade`, `rbr fit` or `train`. Every case fails before a model loads, so the table is fast.
 """
 
 import json
@@ -71,7 +71,7 @@ CHECK = ["rules", "check", "--rules", "{d}/m.yaml"]
 CHECK_ROWS = CHECK + ["--labels", "{d}/l.jsonl"]
 TRAIN_CLS = ["grader", "train-classifier", "--rules", "{d}/m.yaml", "--train", "{d}/l.jsonl", "--out", "{d}/g", "--lm", "none"]
 EVAL = ["grader", "eval", "--rules", "{d}/m.yaml", "--grader", "classifier:{d}/g", "--data", "{d}/l.jsonl"]
-GRADE = ["grade", "--rules", "{d}/m.yaml", "--grader", "classifier:{d}/g", "--data", "{d}/l.jsonl"]
+GRADE = ["rbr", "grade", "--rules", "{d}/m.yaml", "--grader", "classifier:{d}/g", "--data", "{d}/l.jsonl"]
 FIT = ["rbr", "fit", "--rules", "{d}/m.yaml", "--data", "{d}/l.jsonl", "--out", "{d}/w"]
 FIT_LABELS = FIT + ["--grader", "labels"]
 
@@ -199,6 +199,6 @@ def test_malformed_input_is_named(case, tmp_path, capsys):
 
 def test_the_table_covers_every_command():
     commands = {" ".join(c[3][:2]) for c in CASES}
-    assert {"rules check", "grader train-classifier", "grader eval", "grade --rules", "rbr fit",
+    assert {"rules check", "grader train-classifier", "grader eval", "rbr grade", "rbr fit",
             "train smollm2-135m-cpu"} <= commands, commands
     assert len(CASES) >= 15

@@ -1,11 +1,11 @@
-"""``rbr-rlhf adaptive ...`` (data-adaptive rule labelling) and the ``train-rm`` labelling options.
+"""``rbr-rlhf adaptive ...`` (data-adaptive rule labelling) and the ``rm train`` labelling options.
 
     rbr-rlhf adaptive check  --rules default                      # validate a rule pool
     rbr-rlhf adaptive split  --data hh.jsonl.gz --train 300 --heldout 100 --out RUN
     rbr-rlhf adaptive score  --pairs RUN/train.jsonl --judge smollm2 --cache RUN/cache
     rbr-rlhf adaptive train-adapter --pairs RUN/train.jsonl --cache RUN/cache --out RUN/adapter
     rbr-rlhf adaptive agreement --pairs RUN/heldout.jsonl --cache RUN/cache [--adapter RUN/adapter]
-    rbr-rlhf train-rm --data RUN/train.jsonl --adaptive-rules 5 --score-cache RUN/cache --out RUN/rm-adaptive
+    rbr-rlhf rm train --data RUN/train.jsonl --adaptive-rules 5 --score-cache RUN/cache --out RUN/rm-adaptive
 """
 
 from __future__ import annotations
@@ -252,9 +252,9 @@ def run_agreement(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------- train-rm options
+# ------------------------------------------------------------------------------------ rm train options
 def add_train_rm_arguments(train: argparse.ArgumentParser) -> None:
-    """The labelling schemes of ``train-rm`` (default: the dataset's own preferences)."""
+    """The labelling schemes of ``rm train`` (default: the dataset's own preferences)."""
     g = train.add_argument_group("labelling scheme (data-adaptive safety rules; default: original preferences)")
     ex = g.add_mutually_exclusive_group()
     ex.add_argument("--adaptive-rules", type=int, metavar="K",

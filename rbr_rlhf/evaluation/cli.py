@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "is not the training reward (docs/evaluation.md).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--policy", help="a Hugging Face policy directory or model alias (e.g. smollm2): greedy completions")
-    src.add_argument("--server", help="URL of a running rollout server (rbr-rlhf serve-rollout)")
+    src.add_argument("--server", help="URL of a running rollout server (rbr-rlhf rollout serve)")
     src.add_argument("--completions", help="already-written completions: a JSONL (conversation/prompt, completion, "
                      "category/response_type or xstest) or an XSTest completions CSV")
     p.add_argument("--prompts", help="held-out prompts with categories (gold-format JSONL, ...) for --policy/--server")

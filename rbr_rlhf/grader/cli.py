@@ -1,4 +1,5 @@
-"""``rbr-rlhf grader train-classifier`` and ``rbr-rlhf grader eval``."""
+"""``rbr-rlhf grader train-classifier|eval|unsafe-answers|train-real|cross-model`` (``grader serve`` is in
+``rbr_rlhf/service/cli.py``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("grader", help="train and evaluate proposition graders")
-    gsub = g.add_subparsers(dest="grader_command", metavar="SUBCOMMAND")
-    gsub.required = True
+    from ..cli import group
+
+    gsub = group(sub, "grader", help="train, evaluate and serve proposition graders")
 
     t = gsub.add_parser("train-classifier", help="fine-tune the classifier grader on labelled rows")
     t.add_argument("--rules", default="default")

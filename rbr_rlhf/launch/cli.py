@@ -1,4 +1,4 @@
-"""``rbr-rlhf launch slurm|local|prepare``."""
+"""``rbr-rlhf launch slurm|local|prepare|template``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--partition", help="partition (default: launch.partition)")
     s.add_argument("--account", help="account (default: launch.account)")
     s.add_argument("--job-name", help="job name (default: rbr-NAME)")
+    s.add_argument("--sbatch-template", metavar="PATH",
+                   help="your own sbatch template (default: launch.sbatch_template, else the built-in one; "
+                        "`rbr-rlhf launch template` prints it)")
     s.add_argument("--json", action="store_true", help="print {job_id, script, logs, run_dir} as the last line")
     s.set_defaults(handler=run_slurm)
 
@@ -36,13 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("overrides", nargs="*", help="key=value overrides")
     r.set_defaults(handler=run_prepare)
 
+    t = lsub.add_parser("template", help="print the built-in sbatch template (copy it, edit it, point "
+                        "launch.sbatch_template at the copy)")
+    t.set_defaults(handler=run_template)
+
 
 def run_slurm(args) -> int:
     from ..cli import print_json
     from .slurm import plan, render, submit
 
     ctx = plan(args.recipe, args.overrides, nodes=args.nodes, requeue=args.requeue, time=args.time,
-               partition=args.partition, account=args.account, job_name=args.job_name)
+               partition=args.partition, account=args.account, job_name=args.job_name,
+               sbatch_template=args.sbatch_template)
     script = render(ctx)
     if args.dry_run:
         print(script, end="")
@@ -56,6 +64,13 @@ def run_slurm(args) -> int:
     print(f"submitted job {job_id}: script {path}, logs {ctx['logs']}/job-{job_id}.*.log", flush=True)
     if args.json:
         print_json({"job_id": job_id, "script": str(path), "logs": ctx["logs"], "run_dir": str(run_dir)})
+    return 0
+
+
+def run_template(args) -> int:
+    from .slurm import TEMPLATE
+
+    print(TEMPLATE.read_text(), end="")
     return 0
 
 

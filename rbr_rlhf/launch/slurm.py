@@ -1,10 +1,12 @@
 """``rbr-rlhf launch slurm RECIPE [key=value ...] --nodes N``: render the sbatch script, submit it.
 
-The job (template: ``slurm.sbatch.j2`` beside this file):
+The job (template: ``slurm.sbatch.j2`` beside this file, shipped as package data; ``launch/slurm.sbatch.j2``
+at the top of the repository is the same file for people to copy and edit, and ``launch.sbatch_template``
+or ``--sbatch-template`` points a job at the edited copy):
 
 1. ``rbr-rlhf launch prepare``: builds the assets the recipe caches (no-op when present);
-2. the rollout server (``serve-rollout``, when ``rollout.engine=vllm`` and no ``rollout.url``) and the
-   grader service (``serve-grader``, when the RBR is on and no ``rbr.service_url``) on the first node,
+2. the rollout server (``rollout serve``, when ``rollout.engine=vllm`` and no ``rollout.url``) and the
+   grader service (``grader serve``, when the RBR is on and no ``rbr.service_url``) on the first node,
    each an ``srun`` step with its own log, waited for until healthy;
 3. the trainer: one ``torchrun`` per training node (``srun`` + ``torchrun``; rank 0 on the first training
    node), told the service URLs as ``rollout.url=... rbr.service_url=...`` overrides;
@@ -43,7 +45,7 @@ def user_overrides(overrides: list[str], run_dir: Path) -> list[str]:
 
 def plan(recipe: str, overrides: list[str], nodes: int | None = None, requeue: bool = False,
          time: str | None = None, partition: str | None = None, account: str | None = None,
-         job_name: str | None = None) -> dict:
+         job_name: str | None = None, sbatch_template: str | None = None) -> dict:
     """Everything the template needs, checked (bad keys, impossible node splits) before anything is written."""
     from ..ppo.config import load_config, resolve_recipe
 
@@ -52,6 +54,9 @@ def plan(recipe: str, overrides: list[str], nodes: int | None = None, requeue: b
         raise ValueError(f"overrides must be key=value, got {bad}")
     cfg = load_config(recipe, overrides)
     L = cfg.launch
+    template = Path(sbatch_template or L.sbatch_template or TEMPLATE)
+    if not template.is_file():
+        raise FileNotFoundError(f"sbatch template {template} does not exist (launch.sbatch_template / --sbatch-template)")
     n = nodes or L.nodes
     if n < 1:
         raise ValueError(f"--nodes must be at least 1, got {n}")
@@ -108,17 +113,18 @@ def plan(recipe: str, overrides: list[str], nodes: int | None = None, requeue: b
         "grader_port": L.grader_port, "bind_host": "127.0.0.1" if n == 1 else (_q(L.bind_host) if L.bind_host else '"$SERVICE_NODE"'),
         "rollout_gpus": _q(L.rollout_gpus) if L.rollout_gpus else "", "grader_gpus": _q(L.grader_gpus) if L.grader_gpus else "",
         "train_gpus": _q(",".join(train_gpus)) if train_gpus else "", "service_timeout": 1800,
-        "train_cmd_q": _q(train_cmd), "run_dir_path": run_dir,
+        "train_cmd_q": _q(train_cmd), "run_dir_path": run_dir, "template": template,
     }
 
 
 def render(context: dict) -> str:
+    """The sbatch script: ``context["template"]`` (the built-in one when absent) filled in with ``context``."""
     import jinja2
 
     # Bash uses "{#" (${#ARRAY[@]}): Jinja comments get delimiters bash never writes.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
                              comment_start_string="{##", comment_end_string="##}")
-    return env.from_string(TEMPLATE.read_text()).render(**context)
+    return env.from_string(Path(context.get("template") or TEMPLATE).read_text()).render(**context)
 
 
 def submit(script: Path, env: dict | None = None) -> str:

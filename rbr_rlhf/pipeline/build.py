@@ -1,4 +1,4 @@
-"""``build-rbr``: from safety prompts to fitted RBR weights, as one resumable run.
+"""``rbr build``: from safety prompts to fitted RBR weights, as one resumable run.
 
 Stages (each caches its output in the run directory and resumes where it stopped):
 
@@ -80,7 +80,7 @@ class BuildConfig:
 
     def __post_init__(self):
         if self.keep not in ("intended", "graded"):
-            raise ValueError(f"build-rbr keep must be 'intended' or 'graded', not {self.keep!r}")
+            raise ValueError(f"rbr build: keep must be 'intended' or 'graded', not {self.keep!r}")
 
     def identity(self) -> dict:
         """What must not change between a run and its resumption."""
@@ -230,7 +230,7 @@ class BuildRBR:
         if self.cfg.openings == "default" and self.rules.name != "default":
             # The built-in strategies are written for the default rule set's classes; another rule set
             # (e.g. a recipe override) needs its own file, or falls back to the class checklists.
-            log.warning("build-rbr: openings 'default' is for the default rule set, not %r: using the class "
+            log.warning("rbr build: openings 'default' is for the default rule set, not %r: using the class "
                         "checklists (give --openings FILE for this rule set)", self.rules.name)
             return None
         return load_openings(self.cfg.openings, self.rules)

@@ -1,4 +1,4 @@
-"""``rbr-rlhf build-rbr`` and ``rbr-rlhf classify-prompts``."""
+"""``rbr-rlhf rbr build`` and ``rbr-rlhf prompts classify`` (formerly ``rbr build``, ``prompts classify``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("build-rbr", help="synthetic comparisons -> fitted RBR weights, with a report (resumable)")
+    from ..cli import group
+
+    b = group(sub, "rbr", help="build, fit, check and explain rule-based rewards").add_parser("build", help="synthetic comparisons -> fitted RBR weights, with a report (resumable)")
     b.add_argument("--rules", default="default")
     b.add_argument("--prompts", required=True, help="prompt set: JSONL/Parquet/CSV (or a hub dataset name)")
     b.add_argument("--grader", required=True, help="classifier:DIR | llm:MODEL | openai:MODEL@URL")
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(handler=run_build)
 
-    c = sub.add_parser("classify-prompts", help="train/evaluate a prompt classifier (content category)")
+    c = group(sub, "prompts", help="prompt classifiers (content category)").add_parser("classify", help="train/evaluate a prompt classifier (content category)")
     c.add_argument("--rules", default="default")
     c.add_argument("--kind", choices=["trained", "llm"], default="trained")
     c.add_argument("--train", help="prompts with categories to train on (kind=trained)")

@@ -1,4 +1,4 @@
-"""Writer strategies for build-rbr: how to get a candidate of each class out of a small writer.
+"""Writer strategies for ``rbr build``: how to get a candidate of each class out of a small writer.
 
 The paper asks a strong model to write a completion that follows a class's checklist. A 135M model
 does not follow a six-item checklist (the SmolLM2 writer hit its intended class about 14% of the time),

@@ -89,7 +89,7 @@ def _pct(v):
 
 
 def _markdown(r: dict) -> str:
-    lines = ["# build-rbr report", "",
+    lines = ["# rbr build report", "",
              f"{r['prompts']} prompts ({', '.join(f'{k}: {v}' for k, v in r['response_types'].items())}); "
              f"{r['candidates']} candidates generated, {r['kept']} kept "
              f"({'graded class = intended class' if r['config'].get('keep', 'intended') == 'intended' else 'every candidate with one graded class, labelled with it'}).", "",

@@ -174,6 +174,7 @@ class LaunchConfig:
     exclusive: bool = True                # whole nodes (#SBATCH --exclusive)
     signal_seconds: int = 120             # SIGUSR1 this long before the time limit: checkpoint, stop (and requeue)
     sbatch_args: list = field(default_factory=list)   # extra "#SBATCH ..." options, e.g. ["--qos=high"]
+    sbatch_template: Optional[str] = None  # your own Jinja sbatch template (start from launch/slurm.sbatch.j2); --sbatch-template wins
 
 
 @dataclass

@@ -113,7 +113,7 @@ def preflight(cfg) -> list[str]:
             _rows("rbr.build.weights.prompts", rules, dict(build["weights"])["prompts"], completion=False,
                   response_type="optional", no_safety=benign)
     elif not cfg.rbr.service_url:
-        raise ValueError("rbr.weights: not set (the RBR needs fitted weights: `rbr-rlhf rbr fit` or build-rbr)")
+        raise ValueError("rbr.weights: not set (the RBR needs fitted weights: `rbr-rlhf rbr fit` or `rbr-rlhf rbr build`)")
     return warnings
 
 

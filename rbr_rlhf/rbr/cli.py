@@ -1,4 +1,5 @@
-"""``rbr-rlhf grade`` (explain RBR scores row by row) and ``rbr-rlhf rbr fit`` (fit RBR weights)."""
+"""``rbr-rlhf rbr grade`` (explain RBR scores row by row), ``rbr fit`` (fit RBR weights) and ``rbr rank``
+(``rbr build`` is in ``rbr_rlhf/pipeline/cli.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections import Counter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    grade = sub.add_parser("grade", help="grade completions and explain their RBR scores")
+    from ..cli import group
+
+    rsub = group(sub, "rbr", help="build, fit, check and explain rule-based rewards")
+    grade = rsub.add_parser("grade", help="grade completions and explain their RBR scores")
     grade.add_argument("--rules", default="default", help="rule-set YAML path, or 'default'")
     grade.add_argument("--grader", required=True, help="classifier:DIR | llm:MODEL | openai:MODEL@URL | labels")
     grade.add_argument("--weights", help="fitted RBR weights (rbr_weights.json); without it, no R_rbr")
@@ -21,9 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     grade.add_argument("--json", action="store_true", help="print a summary JSON object as the last line")
     grade.set_defaults(handler=run_grade)
 
-    rbr = sub.add_parser("rbr", help="fit RBR weights")
-    rsub = rbr.add_subparsers(dest="rbr_command", metavar="SUBCOMMAND")
-    rsub.required = True
     fit = rsub.add_parser("fit", help="fit RBR weights with a hinge loss over comparisons")
     fit.add_argument("--rules", default="default")
     fit.add_argument("--data", required=True,
@@ -42,8 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--json", action="store_true")
     fit.set_defaults(handler=run_fit)
 
-    rank = rsub.add_parser("rank", help="check that R_rm + R_rbr ranks real answers as the rule set says",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rank = rsub.add_parser("rank", help="check that R_rm + R_rbr ranks real answers as the rule set says")
     rank.add_argument("--rules", default="default", help="rule-set YAML path, or 'default'")
     rank.add_argument("--grader", required=True, help="the reward's grader (classifier:DIR, llm:MODEL, ...)")
     rank.add_argument("--weights", required=True, help="fitted RBR weights (rbr_weights.json)")
@@ -131,7 +131,7 @@ def run_grade(args) -> int:
     weights = RBRWeights.load(args.weights, rules) if args.weights else None
     check_grader_fingerprint(rules, args.grader)
     rows = read_rows(args.data)[: args.limit]
-    # Every row checked before the grader loads (docs/rule-set-format.md, "grade"); labels are read only
+    # Every row checked before the grader loads (docs/rule-set-format.md, "rbr grade"); labels are read only
     # by the labels grader.
     check_rows(rules, rows, args.data, response_type="required", labels="required" if args.grader == "labels" else "none",
                label_scope="response_type", soft_labels=True)
@@ -254,7 +254,7 @@ def run_fit(args) -> int:
 
 
 def run_rank(args) -> int:
-    """The reward-ranking check (rbr/ranking.py) on weights that already exist: what build-rbr runs when
+    """The reward-ranking check (rbr/ranking.py) on weights that already exist: what ``rbr build`` runs when
     ``ranking_data`` is set, without rebuilding anything."""
     from pathlib import Path
 

@@ -81,7 +81,7 @@ def ranking_accuracy(rules: RuleSet, pairs: Sequence[dict], grader, weights, rew
 
 def rank_real_answers(rules: RuleSet, grader, weights, data_root: str, answers: str | None = None,
                       reward_model=None, rbr_weight: float = 1.0) -> dict:
-    """The ranking check as ``rbr-rlhf rbr rank`` and ``build-rbr`` run it: pairs from the XSTest judge half
+    """The ranking check as ``rbr-rlhf rbr rank`` and ``rbr build`` run it: pairs from the XSTest judge half
     of ``data_root`` (people-labelled answers of two models) and, for unsafe prompts, the compliant answers
     in ``answers`` (written by ``grader/realdata.py``); the rule set's evaluation semantics say which
     response type grades each kind."""

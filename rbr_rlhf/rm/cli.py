@@ -1,4 +1,4 @@
-"""``rbr-rlhf train-rm`` and ``rbr-rlhf eval-rm``."""
+"""``rbr-rlhf rm train`` and ``rbr-rlhf rm eval`` (formerly ``rm train``, ``rm eval``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train-rm", help="train a Bradley-Terry reward model (TRL RewardTrainer)")
+    from ..cli import group
+
+    rm = group(sub, "rm", help="train and evaluate the helpful reward model")
+    train = rm.add_parser("train", help="train a Bradley-Terry reward model (TRL RewardTrainer)")
     train.add_argument("--data", required=True, help="preference pairs: chosen/rejected (HH-RLHF dialogues, "
                        "or prompt + chosen/rejected completions); JSONL(.gz), JSON, Parquet or CSV")
     train.add_argument("--out", required=True, help="output Hugging Face sequence-classification directory")
@@ -26,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_rm_arguments(train)
     train.set_defaults(handler=run_train)
 
-    ev = sub.add_parser("eval-rm", help="pairwise accuracy of a reward model (ties count as wrong)")
+    ev = rm.add_parser("eval", help="pairwise accuracy of a reward model (ties count as wrong)")
     ev.add_argument("--rm", required=True, help="reward-model directory")
     ev.add_argument("--pairs", required=True, help="chosen/rejected file")
     ev.add_argument("--limit", type=int)

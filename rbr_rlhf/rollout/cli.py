@@ -1,4 +1,4 @@
-"""``rbr-rlhf serve-rollout``: run the vLLM rollout server in the foreground."""
+"""``rbr-rlhf rollout serve`` (formerly ``rollout serve``): run the vLLM rollout server in the foreground."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve-rollout", help="serve the policy with vLLM (generation + weight sync)")
+    from ..cli import group
+
+    p = group(sub, "rollout", help="the vLLM rollout server").add_parser("serve", help="serve the policy with vLLM (generation + weight sync)")
     p.add_argument("--model", default="smollm2", help="built-in alias, local directory or hub name")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback: weight routes are open)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (keep it loopback: weight routes are open)")
     p.add_argument("--port", type=int, default=8800)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-model-len", type=int, default=2048)

@@ -1,4 +1,4 @@
-"""The rollout interface every engine implements (the PPO trainer and build-rbr use only this)."""
+"""The rollout interface every engine implements (the PPO trainer and ``rbr build`` use only this)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def chat_prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
     the conversation ends with an assistant message, that message left open to continue). Both
     engines tokenize on the client side so the trainer scores exactly the tokens the server saw."""
     if conversation and conversation[-1].get("role") == "assistant":
-        # A conversation that ends with an assistant message is an opening to continue (build-rbr's
+        # A conversation that ends with an assistant message is an opening to continue (``rbr build``'s
         # class-conditioned openings): the model writes on from its last token, no new turn.
         ids = tokenizer.apply_chat_template(conversation, tokenize=True, continue_final_message=True)
     else:

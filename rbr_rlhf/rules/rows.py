@@ -1,7 +1,7 @@
 """Row files checked against a rule set before anything loads a model or trains.
 
 Every command that reads rows a user wrote (``rules check --labels``, ``grader train-classifier``,
-``grader eval``, ``grade``, ``rbr fit``, the prompt files of ``train``) calls ``check_rows`` first. It
+``grader eval``, ``rbr grade``, ``rbr fit``, the prompt files of ``train``) calls ``check_rows`` first. It
 collects every problem — unknown propositions, missing or mistyped labels, unknown categories, response
 types or classes, wrong value types — and raises one ``RowsError`` naming the file, the row number
 (1-based, counting rows, which is the line number of a JSONL file without blank lines) and the key of

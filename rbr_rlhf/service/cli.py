@@ -1,4 +1,4 @@
-"""``rbr-rlhf serve-grader``."""
+"""``rbr-rlhf grader serve`` (formerly ``grader serve``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve-grader", help="serve RBR scores over HTTP with dynamic batching")
+    from ..cli import group
+
+    p = group(sub, "grader", help="train, evaluate and serve proposition graders").add_parser("serve", help="serve RBR scores over HTTP with dynamic batching")
     p.add_argument("--rules", default="default")
     p.add_argument("--grader", required=True, help="classifier:DIR | llm:MODEL | openai:MODEL@URL")
     p.add_argument("--weights", help="fitted RBR weights; without them results carry no r_rbr")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback only by default)")
     p.add_argument("--port", type=int, default=8700)
     p.add_argument("--token", default=os.environ.get("RBR_GRADER_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' (default: $RBR_GRADER_TOKEN)")

@@ -1,5 +1,5 @@
 """Running the grader service: in a thread of this process (tests, single-process PPO runs) or as a child
-process (``rbr-rlhf serve-grader``), both on loopback by default.
+process (``rbr-rlhf grader serve``), both on loopback by default.
 
 Both bind port 0 unless told otherwise: the kernel picks a free port and we read it back from the bound
 socket (in-process) or from the child's first line (subprocess). Picking a "free" port first and binding
@@ -88,7 +88,7 @@ class GraderServer:
 
 
 class GraderProcess(ChildProcess):
-    """``rbr-rlhf serve-grader`` as a child process, with a readiness wait and the log's tail on failure.
+    """``rbr-rlhf grader serve`` as a child process, with a readiness wait and the log's tail on failure.
 
     ``port`` None or 0: the child binds port 0 and prints the address it got, which we read from its log.
     The token goes through the environment ($RBR_GRADER_TOKEN), not the command line, where ``ps`` shows it.
@@ -100,7 +100,7 @@ class GraderProcess(ChildProcess):
                  port: int | None = None, token: str | None = None, log_path: str | Path | None = None,
                  extra_args: list[str] | None = None, module: str = "rbr_rlhf.cli"):
         self.host, self.port = host, port or 0
-        self.cmd = [sys.executable, "-m", module, "serve-grader", "--rules", str(rules), "--grader", grader,
+        self.cmd = [sys.executable, "-m", module, "grader", "serve", "--rules", str(rules), "--grader", grader,
                     "--host", host, "--port", str(self.port), *(extra_args or [])]
         if weights:
             self.cmd += ["--weights", str(weights)]
