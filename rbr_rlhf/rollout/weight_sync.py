@@ -4,7 +4,7 @@
 reads (``FileWeightTransport``: CPU, or any shared filesystem); ``nccl`` broadcasts GPU-to-GPU through
 vLLM's weight-transfer API (``NCCLWeightTransport`` here: vLLM 0.32's ``NCCLTrainerWeightTransferEngine``
 with the HTTP client); ``auto`` takes NCCL when the trainer has CUDA *and* the server was started with
-``--weight-transfer-config '{"backend": "nccl"}'`` (``rbr-rlhf serve-rollout --weight-transfer nccl``;
+``--weight-transfer-config '{"backend": "nccl"}'`` (``rbr-rlhf rollout serve --weight-transfer nccl``;
 a self-started server gets it by itself), else the file. NCCL needs one device per rank, so the trainer
 and the vLLM workers must sit on different GPUs: one GPU cannot exercise the broadcast.
 
@@ -56,7 +56,7 @@ def choose_weight_sync(mode: str, trainer_has_cuda: bool, server_nccl_enabled: b
         if server_nccl_enabled is False:
             raise WeightSyncConfigError(
                 "rollout.weight_sync=nccl, but the rollout server was not started with NCCL weight transfer: "
-                "start it with `rbr-rlhf serve-rollout --weight-transfer nccl` (vLLM's "
+                "start it with `rbr-rlhf rollout serve --weight-transfer nccl` (vLLM's "
                 "--weight-transfer-config '{\"backend\": \"nccl\"}'), or use rollout.weight_sync=auto|file")
         return "nccl"
     return "nccl" if trainer_has_cuda and server_nccl_enabled else "file"
