@@ -73,7 +73,7 @@ def main():
         chunks = [payload[i::args.clients] for i in range(args.clients)]
         t = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
-            list(pool.map(client.score, chunks))
+            list(pool.map(client.rbr_scores, chunks))
         service_rate = n_evals / (time.perf_counter() - t)
     print(f"backend {args.backend} ({rules.grader_layout} layout): {len(items)} completions, {n_evals} proposition evaluations")
     print(f"naive loop (one prompt at a time, {len(pairs)} pairs): {naive_rate:.2f} evaluations/s")

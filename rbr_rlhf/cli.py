@@ -55,10 +55,6 @@ DEPRECATED = {
 JSON_HELP = "print the result as one JSON object, the last line of stdout"
 
 
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
-
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: X)`` to each option's help unless the help already says what the default is
     (``(default: launch.nodes)``) or the option is required. Positional arguments are left alone."""
@@ -134,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CLIError, FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
         # Expected, user-caused errors (bad rule set, missing file, unknown response type): one clear
         # message, no traceback. Anything else is a bug and keeps its traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

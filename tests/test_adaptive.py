@@ -164,24 +164,24 @@ def test_cache_hit_avoids_recomputation_and_resumes(tmp_path):
     rules = [Rule("r1", "c", "Rule one."), Rule("r2", "c", "Rule two.")]
     items = [JudgeItem.make("hi", "hello"), JudgeItem.make("hi", "go away"), JudgeItem.make("hi", "hello")]
     judge = CountingJudge()
-    first = RuleScorer(JudgeConfig(), tmp_path, judge=judge).score(items, rules)
+    first = RuleScorer(JudgeConfig(), tmp_path, judge=judge).rule_probabilities(items, rules)
     assert judge.calls == 4  # the repeated item is judged once
     again = RuleScorer(JudgeConfig(), tmp_path, judge=ExplodingJudge())  # a new process: reads the file
-    np.testing.assert_allclose(again.score(items, rules), first)
+    np.testing.assert_allclose(again.rule_probabilities(items, rules), first)
     assert again.stats.judged == 0 and again.stats.cached == 6
     # A bigger pool computes only the new rule; a different judge config is a different cache.
     judge2 = CountingJudge()
     scorer = RuleScorer(JudgeConfig(), tmp_path, judge=judge2)
-    scorer.score(items, rules + [Rule("r3", "c", "Rule three.")])
+    scorer.rule_probabilities(items, rules + [Rule("r3", "c", "Rule three.")])
     assert judge2.calls == 2
     other = CountingJudge()
-    RuleScorer(JudgeConfig(max_response_chars=10), tmp_path, judge=other).score(items, rules)
+    RuleScorer(JudgeConfig(max_response_chars=10), tmp_path, judge=other).rule_probabilities(items, rules)
     assert other.calls == 4
     # A crash mid-write leaves a torn last line: it is dropped and that item is redone.
     path = scorer.cache.path
     path.write_text(path.read_text() + '{"item": "torn", "sco')
     resumed = RuleScorer(JudgeConfig(), tmp_path, judge=ExplodingJudge())
-    np.testing.assert_allclose(resumed.score(items, rules), first)
+    np.testing.assert_allclose(resumed.rule_probabilities(items, rules), first)
 
 
 # -------------------------------------------------------------------------------------------- adapter

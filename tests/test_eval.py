@@ -310,7 +310,7 @@ def test_eval_cli_on_xstest_completions_with_a_trained_judge(default_rules, gold
 
 # ------------------------------------------------------------------ training state
 class LengthRM:
-    def score(self, conversations, completions):
+    def reward(self, conversations, completions):
         return [len(c) / 10 for c in completions]
 
 
@@ -345,14 +345,14 @@ def test_evaluation_does_not_update_the_reward_normaliser(default_rules):
 
 def test_reward_refusal_log_follows_the_rule_set():
     from rbr_rlhf.ppo.rewards import RewardFunction
+    from rbr_rlhf.rbr.score import RBRScore
 
     class Scorer:
         def __init__(self, rt, probs):
             self.rt, self.probs = rt, probs
 
-        def score(self, items):
-            return [{"rbr_applies": True, "r_rbr": 0.0, "response_type": self.rt, "class_probs": {"ideal": 1.0},
-                     "proposition_probs": self.probs} for _ in items]
+        def rbr_scores(self, items):
+            return [RBRScore(self.rt, 0.0, self.probs, {"ideal": 1.0}) for _ in items]
 
     conv = [[{"role": "user", "content": "q"}]]
     default = load_rules("default")

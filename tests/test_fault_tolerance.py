@@ -58,7 +58,7 @@ def test_grader_unreachable_raises_instead_of_a_zero_reward(default_rules):
     from rbr_rlhf.service.client import GraderClient, GraderServiceError
 
     class ConstantRM:  # the helpful RM is not under test: a constant score
-        def score(self, conversations, completions):
+        def reward(self, conversations, completions):
             return [0.5] * len(completions)
 
     client = GraderClient(f"http://127.0.0.1:{free_port()}", retries=3, backoff=0.05, timeout=2)

@@ -145,7 +145,7 @@ def test_concurrent_requests_are_merged_into_batches(default_rules):
     app = create_app(default_rules, grader, settings=ServiceSettings(max_batch_size=64, max_wait_ms=50))
     with GraderServer(app) as url:
         client = GraderClient(url)
-        threads = [threading.Thread(target=client.score, args=([item(k)],)) for k in range(24)]
+        threads = [threading.Thread(target=client.rbr_scores, args=([item(k)],)) for k in range(24)]
         for t in threads:
             t.start()
         for t in threads:
@@ -158,14 +158,14 @@ def test_client_retries_then_fails_clearly():
     client = GraderClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01, timeout=2)
     start = time.time()
     with pytest.raises(GraderServiceError, match="failed after 3 tries"):
-        client.score([item()])
+        client.rbr_scores([item()])
     assert time.time() - start < 10
 
 
 def test_client_does_not_retry_4xx(service):
     url, _ = service
     with pytest.raises(GraderServiceError, match="rejected the request \\(422\\)") as e:
-        GraderClient(url, token="s3cret").score([{"conversation": "hi"}])
+        GraderClient(url, token="s3cret").rbr_scores([{"conversation": "hi"}])
     assert e.value.status == 422
 
 
@@ -174,8 +174,8 @@ def test_client_retries_through_a_restart(default_rules):
     grader = KeywordGrader(fail=True)
     with GraderServer(create_app(default_rules, grader)) as url:
         threading.Timer(0.3, lambda: setattr(grader, "fail", False)).start()
-        results = GraderClient(url, retries=6, backoff=0.1).score([item()])
-        assert results[0]["rbr_applies"]
+        results = GraderClient(url, retries=6, backoff=0.1).rbr_scores([item()])
+        assert results[0].rbr_applies
 
 
 def test_serve_grader_cli_process(tmp_path, default_rules, weights):
@@ -209,7 +209,7 @@ def test_load_32_clients_2000_items_each_answered_once_and_exactly(default_rules
             out = {}
             for s in range(0, len(mine), 7):  # small requests, interleaved with the other clients'
                 idx = mine[s:s + 7]
-                for k, res in zip(idx, client.score([items[k] for k in idx])):
+                for k, res in zip(idx, client.rbr_scores([items[k] for k in idx])):
                     assert k not in out
                     out[k] = res
             return out
@@ -223,8 +223,8 @@ def test_load_32_clients_2000_items_each_answered_once_and_exactly(default_rules
         for k in range(0, 2000, 1):
             it = items[k]
             if it["category"] is None:
-                assert answers[k]["rbr_applies"] is False
+                assert answers[k].rbr_applies is False
                 continue
             g = grade_completions(default_rules, alone, [GradeItem.from_row(it)], [it["category"]])[0]
-            assert answers[k]["r_rbr"] == pytest.approx(weights.reward(default_rules, g), abs=1e-12)
+            assert answers[k].r_rbr == pytest.approx(weights.reward(default_rules, g), abs=1e-12)
     assert max(grader.batches) > 7  # requests were merged

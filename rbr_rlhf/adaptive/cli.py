@@ -106,7 +106,7 @@ def score_pairs(pairs, rules, scorer, progress: bool = True):
     items = [it for p in pairs for it in p.items]
     if rules and not hasattr(rules[0], "text"):  # per-pair rule lists: the same list for both sides
         rules = [r for r in rules for _ in range(2)]
-    probs = scorer.score(items, rules, progress=progress)
+    probs = scorer.rule_probabilities(items, rules, progress=progress)
     return probs[0::2], probs[1::2]
 
 

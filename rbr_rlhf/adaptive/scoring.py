@@ -398,8 +398,8 @@ class RuleScorer:
     def __post_init__(self):
         self.cache = ScoreCache(self.cache_dir, self.cfg.cache_identity())
 
-    def score(self, items: Sequence[JudgeItem], rules: Sequence[Rule] | Sequence[Sequence[Rule]],
-              progress: bool = False) -> np.ndarray:
+    def rule_probabilities(self, items: Sequence[JudgeItem], rules: Sequence[Rule] | Sequence[Sequence[Rule]],
+                           progress: bool = False) -> np.ndarray:
         """[len(items), len(rules), 3] probabilities. ``rules`` is one list for every item, or one list
         per item (the Rule Adapter asks for different rules per pair); then the result is ragged-padded
         with NaN to the longest list."""

@@ -317,7 +317,7 @@ class BuildRBR:
             with tqdm(total=len(todo), desc="reward model", unit="completion", file=sys.stderr) as bar:
                 for s in range(0, len(todo), bs):
                     batch = todo[s:s + bs]
-                    vals = self._timed("rm", lambda: rm.score([by_id[g["prompt_id"]]["conversation"] for g in batch],
+                    vals = self._timed("rm", lambda: rm.reward([by_id[g["prompt_id"]]["conversation"] for g in batch],
                                                                [candidates[g["key"]]["completion"] for g in batch]))
                     rows = [{"key": g["key"], "rm_score": float(v)} for g, v in zip(batch, vals)]
                     append_cache(path, rows)

@@ -30,7 +30,7 @@ def run_train(args) -> int:
     try:  # an unwritable or full run directory: one clear error (exit 2) before any model is loaded
         check_run_dir(Path(cfg.run_dir))
     except RuntimeError as e:
-        raise ValueError(str(e)) from None  # ValueError, not CLIError: that class differs under `python -m rbr_rlhf.cli`
+        raise ValueError(str(e)) from None  # the CLI prints ValueErrors as one line, exit status 2
 
     from .preflight import run_preflight
 

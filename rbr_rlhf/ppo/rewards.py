@@ -1,7 +1,7 @@
 """The PPO reward: R = R_rm + w * R_rbr on safety prompts, R = R_rm elsewhere.
 
-R_rm comes from the helpful reward model; R_rbr from the grader service (or an in-process grader for
-tests), which also returns each completion's class probabilities, logged per response type. A grader
+R_rm comes from the helpful reward model (``RewardModel.reward``); R_rbr from the grader service
+(``GraderClient.rbr_scores``, one ``RBRScore`` per completion), which also returns each completion's class probabilities, logged per response type. A grader
 failure raises: a missing RBR term is never replaced by zero.
 """
 
@@ -13,32 +13,15 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from ..rbr.score import RBRScore
 from ..rules.ruleset import RuleSet
+from .records import Reward
 
 
 class RBRScorer(Protocol):
-    def score(self, items: list[dict]) -> list[dict]: ...
+    """What the reward needs of the RBR: the grader service's client (``service.client.GraderClient``)."""
 
-
-class LocalRBR:
-    """In-process RBR scoring with the service's response layout (for tests and single-process runs)."""
-
-    def __init__(self, rules: RuleSet, grader, weights):
-        self.rules, self.grader, self.weights = rules, grader, weights
-
-    def score(self, items: list[dict]) -> list[dict]:
-        from ..grader.base import GradeItem
-        from ..rbr.features import grade_completions
-
-        out: list[dict] = [{"rbr_applies": False, "r_rbr": None} for _ in items]
-        idx = [i for i, it in enumerate(items) if self.rules.find_response_type(it["category"]) is not None]
-        graded = grade_completions(self.rules, self.grader,
-                                   [GradeItem(tuple(items[i]["conversation"]), items[i]["completion"]) for i in idx],
-                                   [items[i]["category"] for i in idx])
-        for i, g in zip(idx, graded):
-            out[i] = {"rbr_applies": True, "response_type": g.response_type, "r_rbr": self.weights.reward(self.rules, g),
-                      "class_probs": g.class_probs, "proposition_probs": g.proposition_probs}
-        return out
+    def rbr_scores(self, items: list[dict]) -> list[RBRScore]: ...
 
 
 @dataclass
@@ -71,8 +54,15 @@ class ScoredBatch:
     response_types: list[str | None]
     top_classes: list[str | None]
     refused: list[bool | None]  # for should-comply prompts: did the completion refuse? (rule-set semantics)
-    extras: list[dict] = field(default_factory=list)
+    extras: list[RBRScore | None] = field(default_factory=list)
     raw_total: np.ndarray | None = None  # R_rm + w * R_rbr before normalisation and clipping
+    safety: list[bool] = field(default_factory=list)  # safety prompt (the RBR term applies)?
+
+    def records(self) -> list[Reward]:
+        """One typed ``Reward`` per completion."""
+        return [Reward(float(self.r_rm[i]), None if math.isnan(self.r_rbr[i]) else float(self.r_rbr[i]),
+                       float(self.total[i]), bool(self.safety[i]) if self.safety else False, self.response_types[i],
+                       self.top_classes[i], self.refused[i]) for i in range(len(self.total))]
 
 
 class RewardFunction:
@@ -96,20 +86,20 @@ class RewardFunction:
                  update_stats: bool = True) -> ScoredBatch:
         """Rewards of a batch. ``update_stats=False`` (evaluation) normalises with the running statistics
         as they are and leaves them unchanged: scoring held-out completions must not move training state."""
-        r_rm = np.asarray(self.rm.score(conversations, completions), dtype=np.float64)
+        r_rm = np.asarray(self.rm.reward(conversations, completions), dtype=np.float64)
         r_rbr = np.full(len(completions), math.nan)
-        rts, classes, refused, extras = [None] * len(completions), [None] * len(completions), [None] * len(completions), [{}] * len(completions)
+        rts, classes, refused, extras = [None] * len(completions), [None] * len(completions), [None] * len(completions), [None] * len(completions)
         safety = [i for i, c in enumerate(categories) if self.is_safety_prompt(c)]
         if self.rbr is not None and safety:
-            results = self.rbr.score([{"conversation": conversations[i], "completion": completions[i],
-                                       "category": categories[i]} for i in safety])
+            results = self.rbr.rbr_scores([{"conversation": conversations[i], "completion": completions[i],
+                                            "category": categories[i]} for i in safety])
             for i, res in zip(safety, results):
-                if not res.get("rbr_applies") or res.get("r_rbr") is None:
+                if not res.rbr_applies or res.r_rbr is None:
                     raise RuntimeError(f"the RBR scorer returned no R_rbr for a safety prompt (category {categories[i]!r})")
-                r_rbr[i] = float(res["r_rbr"])
-                rts[i] = res["response_type"]
-                classes[i] = max(res["class_probs"], key=res["class_probs"].get)
-                probs = res.get("proposition_probs", {})
+                r_rbr[i] = res.r_rbr
+                rts[i] = res.response_type
+                classes[i] = res.top_class
+                probs = res.proposition_probs
                 if rts[i] in self._comply_types and self._refusal_props <= set(probs):
                     refused[i] = self.rules.formula_probability(self._refusal, probs) >= 0.5
                 extras[i] = res
@@ -120,4 +110,7 @@ class RewardFunction:
             total = (total - self.moments.mean) / math.sqrt(self.moments.var + 1e-8)
         if self.clip is not None:
             total = np.clip(total, -self.clip, self.clip)
-        return ScoredBatch(r_rm, r_rbr, total, rts, classes, refused, extras, raw_total)
+        is_safety = [False] * len(completions)
+        for i in safety:
+            is_safety[i] = True
+        return ScoredBatch(r_rm, r_rbr, total, rts, classes, refused, extras, raw_total, is_safety)

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -35,6 +34,7 @@ from . import checkpoint as ckpt
 from .batch import critic_forward, pack, policy_forward
 from .config import TrainConfig, to_yaml
 from .core import AdaptiveKLController, FixedKLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
+from .records import Rollout, ScoredRollout
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class PPOTrainer:
             wandb.init(project=self.cfg.logging.wandb_project, name=self.cfg.name, config=asdict(self.cfg))
 
     # ------------------------------------------------------------------ 2-3. rollout and scoring (rank 0)
-    def _rollout_and_score(self, rows: list[dict]) -> dict:
+    def _rollout_and_score(self, rows: list[dict]) -> ScoredRollout:
         timings = {}
         t = time.time()
         n = self.cfg.rollout.samples_per_prompt
@@ -195,17 +195,11 @@ class PPOTrainer:
                                     top_p=self.cfg.rollout.top_p, max_tokens=self.cfg.rollout.max_tokens,
                                     seed=step_seed(self.cfg.seed, self.step, "rollout"))
         timings["rollout"] = time.time() - t
-        expanded = [r for r in rows for _ in range(n)]
+        rollout = Rollout.from_generations([r for r in rows for _ in range(n)], gens)
         t = time.time()
-        scored = self.reward_fn([r["conversation"] for r in expanded], [g.text for g in gens],
-                                [r.get("category") for r in expanded])
+        scored = self.reward_fn(rollout.conversations, rollout.texts, rollout.categories)
         timings["scoring"] = time.time() - t
-        return {"prompt_ids": [g.prompt_token_ids for g in gens], "response_ids": [g.token_ids for g in gens],
-                "engine_logprobs": [g.logprobs for g in gens], "texts": [g.text for g in gens],
-                "categories": [r.get("category") for r in expanded], "scores": scored.total.tolist(),
-                "r_rm": scored.r_rm.tolist(), "r_rbr": [None if math.isnan(x) else x for x in scored.r_rbr],
-                "response_types": scored.response_types, "top_classes": scored.top_classes,
-                "refused": scored.refused, "timings": timings}
+        return ScoredRollout(rollout, scored.records(), timings)
 
     def _broadcast(self, obj):
         d = _dist()
@@ -219,14 +213,15 @@ class PPOTrainer:
     def train_step(self) -> dict:
         cfg = self.cfg
         rows = self.prompts.next(cfg.ppo.prompts_per_step)
-        rollout = self._rollout_and_score(rows) if self.rank == 0 else None
-        rollout = self._broadcast(rollout)
-        timings = dict(rollout["timings"])
-        shard = list(range(self.rank, len(rollout["texts"]), self.world))
+        scored = self._rollout_and_score(rows) if self.rank == 0 else None
+        scored = self._broadcast(scored)
+        rollout = scored.rollout
+        timings = dict(scored.timings)
+        shard = list(range(self.rank, len(rollout), self.world))
         # Responses with no tokens cannot be trained on; give them one EOS token (the engine ended at once).
-        resp = [rollout["response_ids"][i] or [self.tokenizer.eos_token_id] for i in shard]
-        batch = pack([rollout["prompt_ids"][i] for i in shard], resp, self.pad_id)
-        scores = torch.tensor([rollout["scores"][i] for i in shard], dtype=torch.float32)
+        resp = [rollout.response_ids[i] or [self.tokenizer.eos_token_id] for i in shard]
+        batch = pack([rollout.prompt_ids[i] for i in shard], resp, self.pad_id)
+        scores = torch.tensor([scored.rewards[i].total for i in shard], dtype=torch.float32)
 
         # 4. log pi_old, log pi_ref, V_old on exactly the sampled tokens
         t = time.time()
@@ -241,7 +236,7 @@ class PPOTrainer:
         mask = batch.resp_mask
         engine_lp = torch.zeros_like(old_logprobs)
         for k, i in enumerate(shard):
-            lp = rollout["engine_logprobs"][i] or []
+            lp = rollout.logprobs[i] or []
             engine_lp[k, : len(lp)] = torch.tensor(lp[: engine_lp.shape[1]], dtype=torch.float32)
         logprob_gap = masked_mean((engine_lp - old_logprobs).abs(), mask).item()
 
@@ -287,7 +282,7 @@ class PPOTrainer:
         self.sync_weights()
         timings["weight_sync"] = time.time() - t
         self.step += 1
-        return self._metrics(rollout, stats, mean_kl, seq_kl, logprob_gap, timings)
+        return self._metrics(scored, stats, mean_kl, seq_kl, logprob_gap, timings)
 
     def _chunked(self, fn, batch, size: int | None = None):
         size = size or self.cfg.ppo.minibatch_size
@@ -312,29 +307,30 @@ class PPOTrainer:
         self.weight_version = self._broadcast(version)
 
     # ------------------------------------------------------------------ metrics
-    def _metrics(self, rollout, stats, mean_kl, seq_kl, logprob_gap, timings) -> dict:
-        r_rbr = [x for x in rollout["r_rbr"] if x is not None]
-        m = {"step": self.step, "reward/total": float(np.mean(rollout["scores"])), "reward/rm": float(np.mean(rollout["r_rm"])),
-             "reward/rbr": float(np.mean(r_rbr)) if r_rbr else None, "reward/rbr_fraction": len(r_rbr) / len(rollout["r_rbr"]),
+    def _metrics(self, scored: ScoredRollout, stats, mean_kl, seq_kl, logprob_gap, timings) -> dict:
+        rewards, rollout = scored.rewards, scored.rollout
+        r_rbr = [r.r_rbr for r in rewards if r.r_rbr is not None]
+        m = {"step": self.step, "reward/total": float(np.mean(scored.scores)), "reward/rm": float(np.mean([r.r_rm for r in rewards])),
+             "reward/rbr": float(np.mean(r_rbr)) if r_rbr else None, "reward/rbr_fraction": len(r_rbr) / len(rewards),
              "kl/token_mean": mean_kl, "kl/sequence_mean": seq_kl, "kl/coef": self.kl_ctl.value,
-             "logprob_gap/engine_vs_trainer": logprob_gap, "rollout/response_tokens": float(np.mean([len(r) for r in rollout["response_ids"]])),
+             "logprob_gap/engine_vs_trainer": logprob_gap, "rollout/response_tokens": float(np.mean([len(r) for r in rollout.response_ids])),
              "weight_version": self.weight_version, "lr": self.actor.get_lr()[0]}
         for k, v in stats.items():
             m[k] = float(np.mean(v))
         classes = defaultdict(Counter)
-        for rt, c in zip(rollout["response_types"], rollout["top_classes"]):
-            if rt is not None:
-                classes[rt][c] += 1
+        for r in rewards:
+            if r.response_type is not None:
+                classes[r.response_type][r.top_class] += 1
         for rt, counter in classes.items():
             total = sum(counter.values())
             for c, k in counter.items():
                 m[f"classes/{rt}/{c}"] = k / total
-        refused = [r for r in rollout["refused"] if r is not None]
+        refused = [r.refused for r in rewards if r.refused is not None]
         m["safety/refusal_rate_comply"] = float(np.mean(refused)) if refused else None
         for k, v in timings.items():
             m[f"time/{k}"] = v
         m["samples"] = [{"category": c, "completion": t[:300], "reward": s}
-                        for c, t, s in list(zip(rollout["categories"], rollout["texts"], rollout["scores"]))[:2]]
+                        for c, t, s in list(zip(rollout.categories, rollout.texts, scored.scores))[:2]]
         return m
 
     def log(self, m: dict) -> None:

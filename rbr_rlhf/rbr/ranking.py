@@ -58,7 +58,7 @@ def ranking_accuracy(rules: RuleSet, pairs: Sequence[dict], grader, weights, rew
     rts = [response_types[p["kind"]] for p in pairs for _ in (0, 1)]
     graded = grade_completions(rules, grader, [GradeItem(tuple(c), t) for c, t in zip(convs, texts)], rts)
     r_rbr = np.array([weights.reward(rules, g) for g in graded]).reshape(-1, 2)
-    r_rm = (np.asarray(reward_model.score(convs, texts), dtype=float).reshape(-1, 2)
+    r_rm = (np.asarray(reward_model.reward(convs, texts), dtype=float).reshape(-1, 2)
             if reward_model is not None else np.zeros_like(r_rbr))
     out = {}
     for kind in ("safe", "unsafe"):

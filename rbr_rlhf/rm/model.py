@@ -43,5 +43,6 @@ class RewardModel:
                 out[s:s + len(batch["input_ids"])] = self.model(**batch).logits[:, 0].float().cpu().numpy()
         return out
 
-    def score(self, conversations: Sequence, completions: Sequence[str]) -> np.ndarray:
+    def reward(self, conversations: Sequence, completions: Sequence[str]) -> np.ndarray:
+        """R_rm of each (conversation, completion)."""
         return self.score_texts([render_dialogue(c, x) for c, x in zip(conversations, completions)])

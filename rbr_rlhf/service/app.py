@@ -35,12 +35,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..grader.base import GradeItem, GraderError
 from ..rbr.features import grade_completions
+from ..rbr.score import RBRScore
 from ..rules.ruleset import RuleSet
 from .batcher import BatcherClosed, DynamicBatcher
 
 log = logging.getLogger(__name__)
-
-NO_RBR_NOTE = "no safety response type (null): not graded, no RBR term"
 
 
 @dataclass
@@ -201,15 +200,11 @@ def create_app(rules: RuleSet, grader, weights=None, settings: ServiceSettings |
                 bad = {p: v for p, v in probs.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)}
                 if bad:
                     raise GraderError(f"the grader returned probabilities outside [0, 1]: {bad}")
-                out[i] = {"response_type": rt, "rbr_applies": True, "proposition_probs": probs,
-                          "class_probs": g.class_probs, "top_class": g.top_class,
-                          "r_rbr": weights.reward(rules, g) if weights is not None else None}
+                r_rbr = weights.reward(rules, g) if weights is not None else None
+                out[i] = RBRScore.from_graded(g, r_rbr, entries[i].id).to_json()
         for i, e in enumerate(entries):
             if out[i] is None:
-                out[i] = {"response_type": None, "rbr_applies": False, "proposition_probs": {}, "class_probs": {},
-                          "top_class": None, "r_rbr": None, "note": NO_RBR_NOTE}
-            if e.id is not None:
-                out[i] = {"id": e.id, **out[i]}
+                out[i] = RBRScore.not_applicable(e.id).to_json()
         return out
 
     def on_batch(n: int, seconds: float) -> None:

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import httpx
 
+from ..rbr.score import RBRScore
+
 
 class GraderServiceError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
@@ -23,11 +25,13 @@ class GraderClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(timeout=timeout, headers=headers)
 
-    def score(self, items: Sequence[dict]) -> list[dict]:
-        """Results in the order of ``items``; large lists go in chunks."""
-        out: list[dict] = []
+    def rbr_scores(self, items: Sequence[dict]) -> list[RBRScore]:
+        """One ``RBRScore`` per item (``conversation``, ``completion``, ``category`` or ``response_type``),
+        in the order of ``items``; large lists go in chunks."""
+        out: list[RBRScore] = []
         for s in range(0, len(items), self.chunk_size):
-            out += self._post("/v1/score", {"items": list(items[s:s + self.chunk_size])})["results"]
+            results = self._post("/v1/score", {"items": list(items[s:s + self.chunk_size])})["results"]
+            out += [RBRScore.from_json(r) for r in results]
         return out
 
     def info(self) -> dict:

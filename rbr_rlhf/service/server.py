@@ -41,7 +41,7 @@ class GraderServer:
     """uvicorn in a background thread of this process::
 
         with GraderServer(create_app(rules, grader, weights)) as url:
-            GraderClient(url).score(items)
+            GraderClient(url).rbr_scores(items)
 
     Stops cleanly on exit: the batcher fails whatever is still queued with a 503, the thread is joined.
     """
