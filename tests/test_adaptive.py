@@ -296,7 +296,7 @@ def test_train_rm_with_adaptive_rules_end_to_end(tmp_path, capsys):
 
 
 def test_agreement_cli_reads_a_filled_cache_without_a_model(tmp_path, capsys):
-    from rbr_rlhf.adaptive.cli import score_pairs
+    from rbr_rlhf.adaptive.scoring import score_pairs
 
     (tmp_path / "pool.yaml").write_text(TINY_POOL)
     pool = load_pool(tmp_path / "pool.yaml")

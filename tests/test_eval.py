@@ -115,7 +115,7 @@ def test_rule_set_without_semantics_fails_clearly(tmp_path, capsys):
 
 def test_training_without_semantics_warns_once_and_skips(tmp_path, capsys):
     from rbr_rlhf.ppo.config import load_config
-    from rbr_rlhf.ppo.run import RunEvaluation
+    from rbr_rlhf.ppo.evaluate import RunEvaluation
 
     path = write_rules(tmp_path, {k: v for k, v in finance_data().items() if k != "evaluation"}, "plain.yaml")
     cfg = load_config("smollm2-135m-cpu", [f"rbr.rules={path}"])
@@ -367,7 +367,7 @@ def test_reward_refusal_log_follows_the_rule_set():
 
 def test_ensure_judge_builds_a_missing_classifier_judge(tmp_path, monkeypatch, default_rules):
     from rbr_rlhf.ppo.config import load_config
-    from rbr_rlhf.ppo.run import ensure_judge
+    from rbr_rlhf.ppo.assets import ensure_judge
 
     calls = []
     fake = types.ModuleType("rbr_rlhf.grader.realdata")

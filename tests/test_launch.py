@@ -190,7 +190,7 @@ def test_stop_request_signal_and_file(tmp_path):
     handlers only while installed, the previous ones restored after."""
     import signal
 
-    from rbr_rlhf.ppo.run import StopRequest
+    from rbr_rlhf.ppo.rundir import StopRequest
 
     before = signal.getsignal(signal.SIGUSR1)
     stop = StopRequest(tmp_path).install()

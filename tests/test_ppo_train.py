@@ -16,7 +16,7 @@ import pytest
 
 from ppo_assets import DATA, REPO, alive, children, cmdline, kill_group, launch, metrics, run_args, wait_for
 from rbr_rlhf.ppo.config import load_config
-from rbr_rlhf.ppo.run import check_run_dir
+from rbr_rlhf.ppo.rundir import check_run_dir
 
 
 def test_unknown_recipe_key_is_an_error():

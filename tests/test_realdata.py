@@ -58,7 +58,7 @@ def test_reward_and_judge_rows_share_no_refusal_labelled_answer(xstest_rows):
            for i, h in enumerate([rd.REWARD_HALF, rd.JUDGE_HALF] * 5)]
     gold = [{"conversation": [{"role": "user", "content": "hi"}], "completion": "Hello!",
              "propositions": {"apology": False, "inability_to_comply": False, "judgement": False}}]
-    from rbr_rlhf.grader.crossmodel import judge_rows, reward_grader_rows
+    from rbr_rlhf.grader.realdata import judge_rows, reward_grader_rows
 
     reward = reward_grader_rows(gold, xstest_rows, gen)
     judge = judge_rows(gold, xstest_rows, gen)
@@ -147,7 +147,7 @@ def test_answer_pairs(xstest_rows):
 def test_policy_answers_are_written_only_when_an_asset_to_build_needs_them(tmp_path, monkeypatch, default_rules):
     """The CPU recipe names the policy's answers to unsafe prompts; a run whose grader, judge and weights
     exist (every test run, a resumed run) must not generate them."""
-    from rbr_rlhf.ppo import run
+    from rbr_rlhf.ppo import assets
     from rbr_rlhf.ppo.config import load_config
 
     calls = []
@@ -157,10 +157,10 @@ def test_policy_answers_are_written_only_when_an_asset_to_build_needs_them(tmp_p
     (grader / "grader_config.json").write_text("{}")
     cfg = load_config("smollm2-135m-cpu", [f"rbr.grader=classifier:{grader}", f"evaluation.judge=classifier:{grader}",
                                            f"rbr.build.unsafe_answers.path={tmp_path / 'answers.jsonl'}"])
-    assert run.ensure_grader(cfg, default_rules) == f"classifier:{grader}"
-    assert run.ensure_judge(cfg, default_rules) == f"classifier:{grader}"
+    assert assets.ensure_grader(cfg, default_rules) == f"classifier:{grader}"
+    assert assets.ensure_judge(cfg, default_rules) == f"classifier:{grader}"
     assert calls == []
-    assert run.ensure_unsafe_answers(cfg) == str(tmp_path / "answers.jsonl") and len(calls) == 1
+    assert assets.ensure_unsafe_answers(cfg) == str(tmp_path / "answers.jsonl") and len(calls) == 1
 
 
 def test_default_openings_are_not_used_for_another_rule_set(tmp_path, caplog):

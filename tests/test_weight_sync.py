@@ -176,7 +176,7 @@ def test_push_weights_file_path():
 def test_zero3_export_gathers_per_bucket_and_matches(tmp_path):
     """One CPU rank, ZeRO-3 (gloo): the partitioned model exports what merge_and_unload gives."""
     deepspeed = pytest.importorskip("deepspeed")
-    from rbr_rlhf.ppo.trainer import init_distributed
+    from rbr_rlhf.ppo.distributed import init_distributed
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_distributed()

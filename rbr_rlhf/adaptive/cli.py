@@ -100,16 +100,6 @@ def selection_config(args, k: int):
     return SelectionConfig(k=k, relevance_weight=args.relevance_weight, on_tie=args.on_tie, seed=args.selection_seed)
 
 
-def score_pairs(pairs, rules, scorer, progress: bool = True):
-    """[N, R, 3] probabilities for the A and the B side. Items go A0, B0, A1, B1, ... so an interrupted
-    run leaves whole pairs in the cache."""
-    items = [it for p in pairs for it in p.items]
-    if rules and not hasattr(rules[0], "text"):  # per-pair rule lists: the same list for both sides
-        rules = [r for r in rules for _ in range(2)]
-    probs = scorer.rule_probabilities(items, rules, progress=progress)
-    return probs[0::2], probs[1::2]
-
-
 def _scorer(args):
     from .scoring import RuleScorer
 
@@ -158,6 +148,7 @@ def run_split(args) -> int:
 
 
 def run_score(args) -> int:
+    from .scoring import score_pairs
     from ..cli import print_json
     from .pool import load_pool
     from .selection import load_pref_pairs
@@ -175,6 +166,7 @@ def run_score(args) -> int:
 
 
 def run_train_adapter(args) -> int:
+    from .scoring import score_pairs
     from ..cli import print_json
     from .adapter import AdapterConfig, train_adapter
     from .pool import load_pool
@@ -194,6 +186,7 @@ def run_train_adapter(args) -> int:
 
 def run_agreement(args) -> int:
     """Agreement of each labelling scheme with the human label on held-out pairs, from one score table."""
+    from .scoring import score_pairs
     import numpy as np
 
     from ..cli import print_json
@@ -279,6 +272,7 @@ def labelling_scheme(args) -> str:
 
 def relabel_for_train_rm(args, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict]:
     """(chosen, rejected) texts relabelled by the scheme ``args`` asks for, and a description for rm_info."""
+    from .scoring import score_pairs
     from .pool import load_pool
     from .selection import agreement, label_pair, label_pairs, pair_from_texts, relabelled_rows
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -267,11 +266,15 @@ class OpenAIRuleJudge:
 
         import httpx
 
-        model, sep, url = cfg.model.partition(":")[2].rpartition("@")
-        if not sep or not model or not url.startswith(("http://", "https://")):
-            raise ValueError(f"judge spec {cfg.model!r}: expected openai:MODEL@http://HOST:PORT/v1")
-        self.cfg, self.model_name, self.url = cfg, model, url.rstrip("/")
-        self.concurrency, self.top_logprobs, self.retries = concurrency, top_logprobs, retries
+        from ..endpoints import RetryPolicy, parse_openai_spec
+
+        try:
+            model, url = parse_openai_spec(cfg.model)
+        except ValueError:
+            raise ValueError(f"judge spec {cfg.model!r}: expected openai:MODEL@http://HOST:PORT/v1") from None
+        self.cfg, self.model_name, self.url = cfg, model, url
+        self.concurrency, self.top_logprobs = concurrency, top_logprobs
+        self.retry = RetryPolicy(tries=retries, backoff=1.0)
         key = os.environ.get("RBR_GRADER_API_KEY")
         self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
 
@@ -281,25 +284,16 @@ class OpenAIRuleJudge:
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": shared + RULE_PART.format(rule=rule.text)}]
 
     def _one(self, messages: list[dict]) -> tuple[float, float, float]:
-        import time
-
-        import httpx
+        from ..endpoints import EndpointError, request
 
         body = {"model": self.model_name, "messages": messages, "max_tokens": 1, "temperature": 0.0,
                 "logprobs": True, "top_logprobs": self.top_logprobs}
-        err: Exception | None = None
-        for attempt in range(self.retries):
-            try:
-                resp = self.client.post(f"{self.url}/chat/completions", json=body)
-                if resp.status_code < 500:
-                    resp.raise_for_status()
-                    top = resp.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-                    return answer_probs_from_top_logprobs({t["token"]: t["logprob"] for t in top})
-                err = RuntimeError(f"{self.url} answered {resp.status_code}: {resp.text[:200]}")
-            except httpx.TransportError as e:
-                err = e
-            time.sleep(min(2 ** attempt, 10))
-        raise RuntimeError(f"judge endpoint {self.url} failed after {self.retries} tries: {err}")
+        try:
+            resp = request(self.client, "POST", f"{self.url}/chat/completions", self.retry, json=body)
+        except EndpointError as e:
+            raise RuntimeError(f"judge endpoint: {e}") from None
+        top = resp.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        return answer_probs_from_top_logprobs({t["token"]: t["logprob"] for t in top})
 
     def judge(self, item: JudgeItem, rules: Sequence[Rule]) -> np.ndarray:
         from concurrent.futures import ThreadPoolExecutor
@@ -314,9 +308,7 @@ class OpenAIRuleJudge:
 def answer_probs_from_top_logprobs(top: dict[str, float]) -> tuple[float, float, float]:
     """Three-way probabilities from a server's top next-token logprobs: a token counts for an answer
     when it is a (case-insensitive) prefix of the answer word, e.g. 'Ir' for 'Irrelevant'."""
-    def lse(values):
-        finite = [v for v in values if v != -math.inf]
-        return -math.inf if not finite else max(finite) + math.log(sum(math.exp(v - max(finite)) for v in finite))
+    from ..endpoints import logsumexp as lse
 
     groups: dict[str, list[float]] = {"yes": [], "no": [], "irrelevant": []}
     for tok, lp in top.items():
@@ -435,3 +427,13 @@ class RuleScorer:
 def rule_scores(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(s = P(Yes) - P(No), P(Irrelevant)) from a [..., 3] probability array."""
     return probs[..., 0] - probs[..., 1], probs[..., 2]
+
+
+def score_pairs(pairs, rules, scorer, progress: bool = True):
+    """[N, R, 3] probabilities for the A and the B side. Items go A0, B0, A1, B1, ... so an interrupted
+    run leaves whole pairs in the cache."""
+    items = [it for p in pairs for it in p.items]
+    if rules and not hasattr(rules[0], "text"):  # per-pair rule lists: the same list for both sides
+        rules = [r for r in rules for _ in range(2)]
+    probs = scorer.rule_probabilities(items, rules, progress=progress)
+    return probs[0::2], probs[1::2]

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..seeding import stable_hash
 from .scoring import JudgeItem
 
 SCHEMES = ("adaptive", "all", "random", "original")
@@ -56,7 +57,7 @@ def pair_from_texts(chosen: str, rejected: str) -> PrefPair:
 
 
 def load_pref_pairs(path: str, limit: int | None = None) -> list[PrefPair]:
-    from ..rm.cli import load_pairs
+    from ..rm.text import load_pairs
 
     pairs = []
     for i, (chosen, rejected) in enumerate(load_pairs(path, limit), 1):
@@ -103,7 +104,7 @@ def select_rules(s_a, s_b, irr_a=None, irr_b=None, cfg: SelectionConfig = Select
 
 def random_rules(pair_key: str, n_rules: int, k: int, seed: int = 0) -> np.ndarray:
     """k distinct rule indices drawn per pair from a seeded hash: the same pair gets the same draw."""
-    h = int(hashlib.sha256(f"{seed}:{pair_key}".encode()).hexdigest()[:16], 16)
+    h = stable_hash(seed, pair_key, digits=16)
     return np.sort(np.random.default_rng(h).choice(n_rules, size=min(k, n_rules), replace=False))
 
 

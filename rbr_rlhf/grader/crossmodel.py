@@ -147,23 +147,6 @@ class CrossModelExperiment:
         return out
 
 
-def reward_grader_rows(gold_train: list[dict], xstest: list[dict], generated: list[dict]) -> list[dict]:
-    """What the shipped reward grader trains on: every gold row, the reward half of XSTest and of the
-    generated answers."""
-    return (gold_train + [r for r in xstest if r["half"] == rd.REWARD_HALF]
-            + [r for r in generated if r["half"] == rd.REWARD_HALF])
-
-
-def judge_rows(gold_train: list[dict], xstest: list[dict], generated: list[dict]) -> list[dict]:
-    """What the evaluation judge trains on: the judge half of XSTest and of the generated answers for the
-    refusal propositions (no row the reward grader saw), and the gold rows for the style propositions
-    only (the only labels of those there are), with their refusal labels removed."""
-    style_only = [{**r, "propositions": {k: v for k, v in r["propositions"].items() if k not in rd.REFUSAL_PROPOSITIONS}}
-                  for r in gold_train]
-    return (style_only + [r for r in xstest if r["half"] == rd.JUDGE_HALF]
-            + [r for r in generated if r["half"] == rd.JUDGE_HALF])
-
-
 def _f(v, pct: bool = False) -> str:
     """A number, or a bootstrap figure {value, low, high} with its interval."""
     if isinstance(v, dict):

@@ -36,9 +36,12 @@ def build_grader(spec: str, rules: RuleSet, **options) -> Grader:
     if kind == "openai":
         from .llm import LLMGrader, OpenAICompletionsBackend
 
-        model, sep, url = rest.rpartition("@")
-        if not sep or not model or not url.startswith(("http://", "https://")):
-            raise ValueError(f"grader spec {spec!r}: expected openai:MODEL@http://HOST:PORT/v1")
+        from ..endpoints import parse_openai_spec
+
+        try:
+            model, url = parse_openai_spec(spec)
+        except ValueError:
+            raise ValueError(f"grader spec {spec!r}: expected openai:MODEL@http://HOST:PORT/v1") from None
         return LLMGrader(rules, OpenAICompletionsBackend(url, model, api_key=os.environ.get("RBR_GRADER_API_KEY"), **options))
     if kind == "labels":
         from .labels import LabelGrader

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
 
+from ..endpoints import logsumexp
 from ..rules.ruleset import RuleSet
 from .base import GradeItem, GraderError
 from .prompts import grading_guide, item_block, question_block
@@ -37,14 +37,6 @@ NO_VARIANTS = ("no", "No", "NO")
 
 # A prompt as its three segments: (guide, item, question).
 Prompt = tuple[str, str, str]
-
-
-def _logsumexp(values: Sequence[float]) -> float:
-    finite = [v for v in values if v != -math.inf]
-    if not finite:
-        return -math.inf
-    m = max(finite)
-    return m + math.log(sum(math.exp(v - m) for v in finite))
 
 
 def _crop_to(cache, length: int) -> None:
@@ -239,10 +231,12 @@ class OpenAICompletionsBackend:
                  timeout: float = 120.0, retries: int = 3, batch_size: int = 64):
         import httpx
 
+        from ..endpoints import RetryPolicy
+
         self.base_url = base_url.rstrip("/")
         self.model_name = model
         self.top_logprobs = top_logprobs
-        self.retries = retries
+        self.retry = RetryPolicy(tries=retries, backoff=1.0)
         self.batch_size = batch_size
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers)
@@ -251,26 +245,15 @@ class OpenAICompletionsBackend:
         return {"backend": "openai-completions", "model": self.model_name, "url": self.base_url}
 
     def _post(self, prompts: list[str]) -> list[dict]:
-        import httpx
+        from ..endpoints import EndpointError, request
 
         body = {"model": self.model_name, "prompt": prompts, "max_tokens": 1, "temperature": 0.0,
                 "logprobs": self.top_logprobs}
-        last_error: Exception | None = None
-        for attempt in range(self.retries):
-            try:
-                resp = self.client.post(f"{self.base_url}/completions", json=body)
-                if resp.status_code >= 500:
-                    raise GraderError(f"grader endpoint {self.base_url} answered {resp.status_code}: {resp.text[:300]}")
-                if resp.status_code >= 400:  # a client error will not fix itself by retrying
-                    raise GraderError(f"grader endpoint {self.base_url} refused the request ({resp.status_code}): {resp.text[:300]}")
-                choices = sorted(resp.json()["choices"], key=lambda c: c["index"])
-                return choices
-            except (httpx.TransportError, GraderError) as e:
-                last_error = e
-                if isinstance(e, GraderError) and "refused" in str(e):
-                    break
-                time.sleep(min(2 ** attempt, 10))
-        raise GraderError(f"grader endpoint {self.base_url} failed after {self.retries} tries: {last_error}")
+        try:
+            resp = request(self.client, "POST", f"{self.base_url}/completions", self.retry, json=body)
+        except EndpointError as e:
+            raise GraderError(f"grader endpoint: {e}") from None
+        return sorted(resp.json()["choices"], key=lambda c: c["index"])
 
     def yes_no_logprobs(self, prompts: Sequence[Prompt], share_prefix: bool = True):
         lp_yes = np.full(len(prompts), -math.inf)
@@ -282,6 +265,6 @@ class OpenAICompletionsBackend:
             for k, choice in enumerate(choices):
                 top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
                 first = top[0] or {}
-                lp_yes[start + k] = _logsumexp([v for t, v in first.items() if t.strip() in YES_VARIANTS])
-                lp_no[start + k] = _logsumexp([v for t, v in first.items() if t.strip() in NO_VARIANTS])
+                lp_yes[start + k] = logsumexp([v for t, v in first.items() if t.strip() in YES_VARIANTS])
+                lp_no[start + k] = logsumexp([v for t, v in first.items() if t.strip() in NO_VARIANTS])
         return lp_yes, lp_no

@@ -188,11 +188,27 @@ def ensure_generated(path: str | Path, data_root: str | Path, engine=None, write
     return rows
 
 
+def reward_grader_rows(gold_train: list[dict], xstest: list[dict], generated: list[dict]) -> list[dict]:
+    """What the shipped reward grader trains on: every gold row, the reward half of XSTest and of the
+    generated answers."""
+    return (gold_train + [r for r in xstest if r["half"] == REWARD_HALF]
+            + [r for r in generated if r["half"] == REWARD_HALF])
+
+
+def judge_rows(gold_train: list[dict], xstest: list[dict], generated: list[dict]) -> list[dict]:
+    """What the evaluation judge trains on: the judge half of XSTest and of the generated answers for the
+    refusal propositions (no row the reward grader saw), and the gold rows for the style propositions
+    only (the only labels of those there are), with their refusal labels removed."""
+    style_only = [{**r, "propositions": {k: v for k, v in r["propositions"].items() if k not in REFUSAL_PROPOSITIONS}}
+                  for r in gold_train]
+    return (style_only + [r for r in xstest if r["half"] == JUDGE_HALF]
+            + [r for r in generated if r["half"] == JUDGE_HALF])
+
+
 def grader_training_rows(rules, data_root: str | Path, generated: str | Path | None, role: str,
                          gold_train: str | Path | None = None) -> list[dict]:
     """Rows for the reward grader (role ``reward``) or the evaluation judge (role ``judge``)."""
     from ..data import read_rows
-    from .crossmodel import judge_rows, reward_grader_rows
 
     root = Path(data_root)
     gold = read_rows(gold_train or root / "rbr_gold" / "train.jsonl")

@@ -88,17 +88,12 @@ def run_local(args) -> int:
 
 
 def run_prepare(args) -> int:
+    from ..ppo.assets import build_assets
     from ..ppo.config import load_config
-    from ..ppo.run import ensure_grader, ensure_judge, ensure_rbr_weights, ensure_reward_model
     from ..rules import load_rules
 
     cfg = load_config(args.recipe, args.overrides)
-    rules = load_rules(cfg.rbr.rules)
-    rm = ensure_reward_model(cfg)
-    grader = weights = None
-    if cfg.rbr.enabled:
-        grader = ensure_grader(cfg, rules)
-        weights = ensure_rbr_weights(cfg, rules, grader, rm)
-    judge = ensure_judge(cfg, rules) if cfg.eval_before_after else None
-    print(f"[prepare] reward model {rm}; grader {grader}; RBR weights {weights}; evaluation judge {judge}", flush=True)
+    a = build_assets(cfg, load_rules(cfg.rbr.rules))
+    print(f"[prepare] reward model {a.reward_model}; grader {a.grader}; RBR weights {a.rbr_weights}; "
+          f"evaluation judge {a.judge}", flush=True)
     return 0

@@ -16,7 +16,6 @@ Stages (each caches its output in the run directory and resumes where it stopped
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -34,6 +33,7 @@ from ..rbr.features import features_from_probs, grade_completions
 from ..rbr.fit import Comparison, FitConfig, fit_rbr
 from ..rbr.model import RBRWeights
 from ..rules.ruleset import RuleSet
+from ..seeding import stable_hash
 from .cache import append_cache, read_cache
 from .prompts import balanced
 from .synth import class_checklist, writer_messages
@@ -173,7 +173,7 @@ class BuildRBR:
         return f"{pid}/{cls}/{round_}/{k}"
 
     def _seed(self, key: str) -> int:
-        return int(hashlib.sha256(f"{self.cfg.seed}:{key}".encode()).hexdigest()[:8], 16)
+        return stable_hash(self.cfg.seed, key)
 
     def stage_generate_and_grade(self, prompts: list[dict]) -> list[dict]:
         cand_path, graded_path = self.dir / "candidates.jsonl", self.dir / "graded.jsonl"

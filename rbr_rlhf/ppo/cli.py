@@ -25,7 +25,8 @@ def run_train(args) -> int:
         return 0
     from pathlib import Path
 
-    from .run import check_run_dir, train
+    from .run import train
+    from .rundir import check_run_dir
 
     try:  # an unwritable or full run directory: one clear error (exit 2) before any model is loaded
         check_run_dir(Path(cfg.run_dir))

@@ -33,9 +33,78 @@ class CriticConfig:
 
 
 @dataclass
+class RewardModelBuild:
+    """``train-rm`` on first use, when ``reward_model.path`` is missing (fields of ``rm.train.RMTrainConfig``)."""
+    data: Optional[str] = None        # preference pairs (HH-RLHF JSONL); null: nothing to build
+    limit: Optional[int] = None       # read at most this many pairs
+    eval_fraction: float = 0.1        # share of pairs held out for the pairwise accuracy
+    base: str = "minilm"              # encoder or LM the reward model starts from
+    max_length: int = 256             # tokens per dialogue
+    epochs: float = 1.0               # training epochs
+    lr: float = 5e-5                  # learning rate
+    batch_size: int = 16              # pairs per batch
+    lora: bool = False                # train LoRA adapters instead of the whole model
+    lora_r: int = 16                  # LoRA rank
+    seed: int = 0                     # training seed
+    center_rewards_coefficient: float = 0.01   # keeps rewards centred on zero (TRL)
+
+
+@dataclass
 class RewardModelConfig:
     path: Optional[str] = None        # a sequence-classification directory; built by `build` below when missing
-    build: dict = field(default_factory=dict)   # train-rm settings used on first use (data, base, limit, ...)
+    build: RewardModelBuild = field(default_factory=RewardModelBuild)
+
+
+@dataclass
+class UnsafeAnswersBuild:
+    """The policy's own labelled answers to unsafe prompts (``grader.realdata.ensure_generated``)."""
+    path: Optional[str] = None        # JSONL cache of the answers; null: none
+    data_root: Optional[str] = None   # data root holding the unsafe prompts (xstest/)
+    samples: int = 2                  # answers per prompt
+    max_tokens: int = 64              # new tokens per answer
+    temperature: float = 1.0          # sampling temperature
+    seed: int = 0                     # sampling seed
+
+
+@dataclass
+class GraderBuild:
+    """The classifier grader ``rbr.grader: classifier:PATH``, trained on first use."""
+    train: Optional[str] = None       # labelled rows (the gold train split); null: nothing to build
+    real_data: Optional[str] = None   # a data root holding xstest/: add real models' answers (grader.realdata)
+    lm: Optional[str] = "smollm2"     # LM features beside the encoder's ("none": encoder only)
+    encoder: Optional[str] = None     # sentence encoder (null: the trainer's default, minilm)
+    opening: Optional[bool] = None    # features of the completion's opening too (null: the trainer's default)
+    seed: Optional[int] = None        # training seed (null: 0)
+
+
+@dataclass
+class WeightsBuild:
+    """``build-rbr`` on first use, when ``rbr.weights`` is missing: the fields of
+    ``pipeline.build.BuildConfig`` except those the run fills in (out, grader, rm, rules)."""
+    prompts: Optional[str] = None     # prompts with categories; null: nothing to build
+    writer: str = "smollm2"           # the model that writes the comparison completions
+    engine: str = "transformers"      # the writer's engine ("transformers" or "vllm"; the run's own server when writer = policy)
+    prompt_classifier: str = "train"  # a directory, "train" (on prompts with categories) or "llm"
+    limit_prompts: Optional[int] = None   # at most this many prompts
+    samples_per_class: int = 1        # completions written per (prompt, class)
+    max_rounds: int = 2               # rewriting rounds for classes not yet reached
+    temperature: float = 0.9          # writer sampling temperature
+    max_tokens: int = 96              # new tokens per written completion
+    batch_size: int = 16              # writer batch size
+    seed: int = 0                     # writer seed
+    keep: str = "intended"            # "intended" (the paper) or "graded" (every candidate in its graded class)
+    openings: Optional[str] = None    # writer strategies: null (class checklists) or "default"/a YAML path
+    max_prompt_chars: int = 2000      # longer prompts (all turns) are left out
+    ranking_data: Optional[str] = None     # data root for the reward-ranking check (xstest/)
+    ranking_answers: Optional[str] = None  # labelled answers to unsafe prompts for that check
+    fit: dict = field(default_factory=dict)   # rbr.fit.FitConfig fields
+
+
+@dataclass
+class RBRBuild:
+    unsafe_answers: UnsafeAnswersBuild = field(default_factory=UnsafeAnswersBuild)
+    grader: GraderBuild = field(default_factory=GraderBuild)
+    weights: WeightsBuild = field(default_factory=WeightsBuild)
 
 
 @dataclass
@@ -45,7 +114,7 @@ class RBRConfig:
     grader: Optional[str] = None      # grader spec for the grader service this run starts
     weights: Optional[str] = None     # rbr_weights.json; built by build-rbr when missing and `build` is set
     service_url: Optional[str] = None  # use a running grader service instead of starting one
-    build: dict = field(default_factory=dict)   # {grader: train-classifier settings, weights: build-rbr settings}
+    build: RBRBuild = field(default_factory=RBRBuild)   # what is built on first use: grader, weights, answers
     weight: float = 1.0               # R = R_rm + weight * R_rbr on safety prompts
     benign_categories: list = field(default_factory=lambda: ["None"])  # prompts scored by R_rm alone
 
@@ -78,7 +147,6 @@ class RolloutConfig:
 class DataConfig:
     safety_prompts: Optional[str] = None   # prompts with category/response type (JSONL...)
     benign_prompts: Optional[str] = None   # prompts with no safety response type (R = R_rm)
-    benign_fraction: float = 0.5      # share of benign prompts when both sets are given
     max_prompt_tokens: int = 256      # longer (chat-templated) prompts are left out
     eval_prompts: Optional[str] = None     # held-out prompts with categories (safety metrics)
     eval_limit: int = 32              # held-out prompts evaluated
@@ -200,6 +268,14 @@ class TrainConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
+_ABSENT = object()
+# Keys that recipes once had, with what to do instead: a recipe that still sets one fails naming it.
+REMOVED_KEYS = {
+    "data.benign_fraction": "it was never read: the training prompts are all of data.safety_prompts and "
+                            "data.benign_prompts in one seeded shuffle. Delete the key (limit a set with data.limit)",
+}
+
+
 def load_config(recipe: str | None, overrides: list[str]) -> TrainConfig:
     """Defaults <- recipe YAML <- key=value overrides; unknown keys raise naming the key."""
     from omegaconf.errors import ConfigKeyError, ValidationError
@@ -210,6 +286,9 @@ def load_config(recipe: str | None, overrides: list[str]) -> TrainConfig:
         if recipe:
             parts.append(OmegaConf.load(resolve_recipe(recipe)))
         parts.append(OmegaConf.from_dotlist(list(overrides)))
+        for key, why in REMOVED_KEYS.items():
+            if any(OmegaConf.select(p, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT for p in parts[1:]):
+                raise ValueError(f"configuration key {key!r} was removed: {why}")
         merged = OmegaConf.merge(*parts)
     except (ConfigKeyError, ValidationError) as e:
         key = getattr(e, "full_key", None) or ""

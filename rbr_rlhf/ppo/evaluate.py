@@ -24,3 +24,49 @@ def evaluate_policy(engine, rows: list[dict], judge, rules, max_tokens: int = 64
         return {}
     return _evaluate(engine, rows, judge, rules, max_tokens, judge_spec=judge_spec, reward_grader=reward_grader,
                      reward_fn=reward_fn, resamples=resamples, seed=seed)
+
+
+class RunEvaluation:
+    """The run's before/after evaluation (rank 0): ``rbr-rlhf eval``'s code with the recipe's judge.
+
+    Without evaluation semantics in the rule set, or without any judge, it warns once and is skipped.
+    With no ``evaluation.judge`` it falls back to the reward's grader and says the result is not
+    independent of the reward. The judge is loaded on first use.
+    """
+
+    def __init__(self, cfg, rules, rows: list[dict]):
+        from ..evaluation.evaluate import independence
+
+        self.cfg, self.rules, self.rows = cfg, rules, rows
+        self.reward_grader = cfg.rbr.grader if cfg.rbr.enabled else None
+        self.spec = cfg.evaluation.judge or self.reward_grader
+        self.judge = None
+        self.skip: str | None = None
+        if rules.evaluation is None:
+            self.skip = (f"the rule set {rules.name!r} ({rules.source}) has no 'evaluation:' section, so the run "
+                         "cannot say what counts as a refusal or as unsafe: skipping the safety evaluation. Add the "
+                         "section (docs/rules.md, 'Evaluation semantics') to get the before/after table.")
+        elif not self.spec:
+            self.skip = "no judge (evaluation.judge is unset and the RBR is off): skipping the safety evaluation"
+        if self.skip:
+            print(f"[eval] warning: {self.skip}", flush=True)
+        elif not cfg.evaluation.judge:
+            print(f"[eval] warning: evaluation.judge is unset: the reward's own grader {self.spec!r} judges, so the "
+                  "evaluation is NOT independent of the reward (set evaluation.judge; docs/evaluation.md)", flush=True)
+        else:
+            independence(self.spec, self.reward_grader)
+
+    def run(self, stage: str, engine, reward_fn) -> dict:
+        from ..evaluation.evaluate import render_markdown
+        from ..grader.factory import build_grader
+
+        if self.skip:
+            return {"skipped": self.skip}
+        if self.judge is None:
+            self.judge = build_grader(self.spec, self.rules)
+        e = self.cfg.evaluation
+        result = evaluate_policy(engine, self.rows, self.judge, self.rules, e.max_tokens or self.cfg.rollout.max_tokens,
+                                 reward_fn=reward_fn, judge_spec=self.spec, reward_grader=self.reward_grader,
+                                 resamples=e.resamples, seed=e.seed)
+        print(render_markdown(result, title=f"[eval] {stage}"), flush=True)
+        return result

@@ -15,7 +15,10 @@ import copy
 import torch
 from torch import nn
 
-from .config import LoraSettings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the config module imports rollout.weight_sync, which imports this one
+    from .config import LoraSettings
 
 
 def _lora(model, settings: LoraSettings, task_type: str):

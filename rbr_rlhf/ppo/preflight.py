@@ -74,8 +74,8 @@ def preflight(cfg) -> list[str]:
 
     # The helpful reward model.
     rm = cfg.reward_model.path
-    if not (rm and (Path(rm) / "config.json").exists()) and not cfg.reward_model.build:
-        raise ValueError(f"reward_model.path: {rm!r} is not a model directory and reward_model.build is empty")
+    if not (rm and (Path(rm) / "config.json").exists()) and not cfg.reward_model.build.data:
+        raise ValueError(f"reward_model.path: {rm!r} is not a model directory and reward_model.build.data is not set")
 
     if not cfg.rbr.enabled:
         return warnings
@@ -83,19 +83,19 @@ def preflight(cfg) -> list[str]:
     if not spec and not cfg.rbr.service_url:
         raise ValueError("rbr.grader: no grader (set rbr.grader, or rbr.service_url, or rbr.enabled=false)")
     kind, _, gpath = spec.partition(":")
-    build = dict(cfg.rbr.build or {})
+    build = cfg.rbr.build
     if kind == "classifier":
         config = Path(gpath) / "grader_config.json"
         if config.exists():
             _fingerprint("rbr.grader", "classifier grader", config, "rules_fingerprint", rules)
-        elif not build.get("grader"):
+        elif not (build.grader.train or build.grader.real_data):
             raise ValueError(f"rbr.grader: {gpath} is not a classifier grader (no grader_config.json) and "
                              "rbr.build.grader is empty")
+        elif not build.grader.train:
+            raise ValueError("rbr.build.grader.train: the labelled rows to train the grader on are not set")
         else:
-            train = dict(build["grader"]).get("train")
-            if not train:
-                raise ValueError("rbr.build.grader.train: the labelled rows to train the grader on are not set")
-            _rows("rbr.build.grader.train", rules, train, labels="required", label_scope="rule_set", soft_labels=True)
+            _rows("rbr.build.grader.train", rules, build.grader.train, labels="required", label_scope="rule_set",
+                  soft_labels=True)
     elif spec:
         if kind not in ("llm", "openai", "labels") and not Path(spec).is_dir():
             raise ValueError(f"rbr.grader: unknown grader spec {spec!r}: use classifier:DIR, llm:MODEL, "
@@ -107,10 +107,10 @@ def preflight(cfg) -> list[str]:
             weights = weights / "rbr_weights.json"
         if weights.exists():
             _fingerprint("rbr.weights", "RBR weights", weights, "rules_fingerprint", rules)
-        elif not build.get("weights"):
-            raise ValueError(f"rbr.weights: {cfg.rbr.weights} does not exist and rbr.build.weights is empty")
-        elif dict(build["weights"]).get("prompts"):
-            _rows("rbr.build.weights.prompts", rules, dict(build["weights"])["prompts"], completion=False,
+        elif not build.weights.prompts:
+            raise ValueError(f"rbr.weights: {cfg.rbr.weights} does not exist and rbr.build.weights.prompts is not set")
+        else:
+            _rows("rbr.build.weights.prompts", rules, build.weights.prompts, completion=False,
                   response_type="optional", no_safety=benign)
     elif not cfg.rbr.service_url:
         raise ValueError("rbr.weights: not set (the RBR needs fitted weights: `rbr-rlhf rbr fit` or `rbr-rlhf rbr build`)")

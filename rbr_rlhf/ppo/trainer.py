@@ -15,7 +15,6 @@ One step (rank 0 drives rollouts and scoring; every rank trains on its shard):
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -29,42 +28,19 @@ import numpy as np
 import torch
 
 from ..data import write_json
-from ..procs import free_port
+from ..seeding import stable_hash
 from . import checkpoint as ckpt
 from .batch import critic_forward, pack, policy_forward
 from .config import TrainConfig, to_yaml
 from .core import AdaptiveKLController, FixedKLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
+from .distributed import all_reduce_mean, broadcast_object, process_group, rank_and_world
 from .records import Rollout, ScoredRollout
 
 log = logging.getLogger(__name__)
 
 
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def rank_and_world() -> tuple[int, int]:
-    d = _dist()
-    return (d.get_rank(), d.get_world_size()) if d else (0, 1)
-
-
-def init_distributed() -> None:
-    """DeepSpeed's process group: NCCL on GPUs, gloo on CPU. Works with the deepspeed launcher, torchrun,
-    or a plain single process (rank 0 of 1)."""
-    import deepspeed
-
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend)
-
-
 def step_seed(seed: int, step: int, what: str) -> int:
-    return int(hashlib.sha256(f"{seed}:{step}:{what}".encode()).hexdigest()[:8], 16)
+    return stable_hash(seed, step, what)
 
 
 class PromptStream:
@@ -187,7 +163,8 @@ class PPOTrainer:
             wandb.init(project=self.cfg.logging.wandb_project, name=self.cfg.name, config=asdict(self.cfg))
 
     # ------------------------------------------------------------------ 2-3. rollout and scoring (rank 0)
-    def _rollout_and_score(self, rows: list[dict]) -> ScoredRollout:
+    def rollout_and_score(self, rows: list[dict]) -> ScoredRollout:
+        """Steps 2-3 (rank 0): sample completions for ``rows``, then score each one."""
         timings = {}
         t = time.time()
         n = self.cfg.rollout.samples_per_prompt
@@ -201,20 +178,21 @@ class PPOTrainer:
         timings["scoring"] = time.time() - t
         return ScoredRollout(rollout, scored.records(), timings)
 
-    def _broadcast(self, obj):
-        d = _dist()
-        if d is None or self.world == 1:
-            return obj
-        box = [obj]
-        d.broadcast_object_list(box, src=0)
-        return box[0]
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (the trainer's ranks decide together: rollouts, stop requests)."""
+        return broadcast_object(obj)
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer updates applied to the policy so far (DeepSpeed's counter; a PPO step makes several)."""
+        return int(getattr(self.actor, "global_steps", 0))
 
     # ------------------------------------------------------------------ one PPO step
     def train_step(self) -> dict:
         cfg = self.cfg
         rows = self.prompts.next(cfg.ppo.prompts_per_step)
-        scored = self._rollout_and_score(rows) if self.rank == 0 else None
-        scored = self._broadcast(scored)
+        scored = self.rollout_and_score(rows) if self.rank == 0 else None
+        scored = self.broadcast(scored)
         rollout = scored.rollout
         timings = dict(scored.timings)
         shard = list(range(self.rank, len(rollout), self.world))
@@ -275,7 +253,7 @@ class PPOTrainer:
 
         mean_kl = masked_mean(kl, mask).item()
         seq_kl = (kl * mask).sum(1).mean().item()
-        self.kl_ctl.update(self._allreduce_mean(seq_kl), cfg.ppo.prompts_per_step * cfg.rollout.samples_per_prompt)
+        self.kl_ctl.update(all_reduce_mean(seq_kl), cfg.ppo.prompts_per_step * cfg.rollout.samples_per_prompt)
 
         # 7. weight sync
         t = time.time()
@@ -289,14 +267,6 @@ class PPOTrainer:
         n = batch.input_ids.shape[0]
         return torch.cat([fn(batch.select(torch.arange(s, min(s + size, n)))) for s in range(0, n, size)])
 
-    def _allreduce_mean(self, x: float) -> float:
-        d = _dist()
-        if d is None or self.world == 1:
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        d.all_reduce(t)
-        return (t / self.world).item()
-
     def sync_weights(self) -> None:
         """Push merged policy weights to the rollout engine (rank 0); every rank learns the new version.
         Under ZeRO-3 every rank joins the per-bucket gathers (``rollout.weight_sync_bucket_mb``)."""
@@ -304,7 +274,18 @@ class PPOTrainer:
 
         version = push_weights(self.engine, self.actor.module, zero3=self.cfg.deepspeed.zero_stage == 3, rank=self.rank,
                                bucket_mb=self.cfg.rollout.weight_sync_bucket_mb)
-        self.weight_version = self._broadcast(version)
+        self.weight_version = self.broadcast(version)
+
+    def resync_weights(self, engine=None, version: int | None = None) -> None:
+        """Push the current weights again, e.g. to a restarted rollout server (``engine``, rank 0) or after a
+        resume, under weight version ``version`` (default: the current one). The version names the
+        weights, so re-pushing them restores it rather than counting a new one."""
+        if engine is not None:
+            self.engine = engine
+        version = self.weight_version if version is None else version
+        if self.engine is not None:
+            self.engine.weight_version = version - 1
+        self.sync_weights()
 
     # ------------------------------------------------------------------ metrics
     def _metrics(self, scored: ScoredRollout, stats, mean_kl, seq_kl, logprob_gap, timings) -> dict:
@@ -355,7 +336,7 @@ class PPOTrainer:
             if staging.exists():  # left by a run killed mid-write: start clean, no stale files in the new one
                 shutil.rmtree(staging)
             staging.mkdir(parents=True, exist_ok=True)
-        d = _dist()
+        d = process_group()
         if d is not None:
             d.barrier()
         self.actor.save_checkpoint(str(staging / "actor"), tag="state")
@@ -395,9 +376,7 @@ class PPOTrainer:
             ckpt.set_rng_state(_decode_rng(json.loads(rng_file.read_text())))
         # The rollout server may have restarted or served other weights: push ours again, under the
         # checkpoint's weight version (the version names the weights, so re-pushing them restores it).
-        if self.engine is not None:
-            self.engine.weight_version = state["weight_version"] - 1
-        self.sync_weights()
+        self.resync_weights(version=state["weight_version"])
         self._truncate_metrics(self.step)
         log.warning("resumed from %s at step %d (rollout weight version now %s)", path, self.step, self.weight_version)
 

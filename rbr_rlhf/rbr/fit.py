@@ -13,7 +13,6 @@ where it ranks completions wrongly instead of re-learning what it already gets r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from ..rules.ruleset import RuleSet
+from ..seeding import stable_fraction
 from .features import feature_spec
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def split_by_prompt(prompt_ids: Sequence[str], val_fraction: float, seed: int = 
     """Validation prompts, chosen by a seeded hash so the split is stable and never splits a prompt."""
     val = set()
     for pid in sorted(set(prompt_ids)):
-        h = int(hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        h = stable_fraction(seed, pid)
         if h < val_fraction:
             val.add(pid)
     return val

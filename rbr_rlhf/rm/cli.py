@@ -38,25 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(handler=run_eval)
 
 
-def load_pairs(path: str, limit: int | None = None) -> list[tuple[str, str]]:
-    from ..data import read_rows
-    from .text import pair_texts
-
-    rows = read_rows(path)[:limit]
-    pairs = []
-    for i, row in enumerate(rows, 1):
-        try:
-            pairs.append(pair_texts(row))
-        except ValueError as e:
-            raise ValueError(f"{path}: row {i}: {e}") from None
-    if not pairs:
-        raise ValueError(f"{path} holds no preference pairs")
-    return pairs
-
-
 def run_train(args) -> int:
     from ..cli import print_json
     from ..adaptive.cli import relabel_for_train_rm
+    from .text import load_pairs
     from .train import RMTrainConfig, split_pairs, train_reward_model
 
     pairs = load_pairs(args.data, args.limit)
@@ -77,6 +62,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from ..cli import print_json
     from .model import RewardModel
+    from .text import load_pairs
     from .train import pairwise_accuracy
 
     pairs = load_pairs(args.pairs, args.limit)

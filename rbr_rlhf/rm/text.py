@@ -50,3 +50,20 @@ def pair_texts(row: dict) -> tuple[str, str]:
         return x
 
     return one(row["chosen"]), one(row["rejected"])
+
+
+def load_pairs(path: str, limit: int | None = None) -> list[tuple[str, str]]:
+    """(chosen, rejected) texts of a preference file (HH-RLHF ``chosen``/``rejected`` rows, or
+    conversation rows with two completions; see ``pair_texts``)."""
+    from ..data import read_rows
+
+    rows = read_rows(path)[:limit]
+    pairs = []
+    for i, row in enumerate(rows, 1):
+        try:
+            pairs.append(pair_texts(row))
+        except ValueError as e:
+            raise ValueError(f"{path}: row {i}: {e}") from None
+    if not pairs:
+        raise ValueError(f"{path} holds no preference pairs")
+    return pairs

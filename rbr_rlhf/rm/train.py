@@ -8,7 +8,6 @@ preference data the chosen and rejected dialogues differ only at their end.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data import write_json
+from ..seeding import stable_fraction
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def split_pairs(pairs: Sequence[tuple[str, str]], eval_fraction: float, seed: in
     """Held-out pairs chosen by a seeded hash of the chosen text (stable across runs and machines)."""
     train, held = [], []
     for p in pairs:
-        h = int(hashlib.sha256(f"{seed}:{p[0]}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        h = stable_fraction(seed, p[0])
         (held if h < eval_fraction else train).append(p)
     return train, held
 

@@ -249,7 +249,3 @@ def _shared_ptrs(state_dict) -> set[int]:
         p = v.data_ptr()
         (shared if p in seen else seen).add(p)
     return shared
-
-
-# The GPU path lives with the rest of the weight-sync choice; imported here for old callers.
-from .weight_sync import NCCLWeightTransport  # noqa: E402,F401

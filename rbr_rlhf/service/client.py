@@ -1,13 +1,14 @@
-"""Client of the grader service: timeouts, retries with exponential backoff on 503 and connection
-errors, a clear exception after the last try; 4xx errors are the caller's and raise at once."""
+"""Client of the grader service: timeouts, retries with exponential backoff on connection errors, 429
+and 5xx (``rbr_rlhf.endpoints``), a clear exception after the last try; other 4xx errors are the
+caller's and raise at once."""
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import httpx
 
+from ..endpoints import EndpointError, RetryPolicy, request
 from ..rbr.score import RBRScore
 
 
@@ -21,7 +22,8 @@ class GraderClient:
     def __init__(self, url: str, token: str | None = None, timeout: float = 300.0, retries: int = 4,
                  backoff: float = 0.5, chunk_size: int = 512):
         self.url = url.rstrip("/")
-        self.retries, self.backoff, self.chunk_size = retries, backoff, chunk_size
+        self.retry = RetryPolicy(tries=retries + 1, backoff=backoff, max_backoff=float("inf"))
+        self.chunk_size = chunk_size
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(timeout=timeout, headers=headers)
 
@@ -47,24 +49,14 @@ class GraderClient:
         return self._request("POST", path, body)
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        last = "no attempt made"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                r = self.http.request(method, self.url + path, json=body)
-            except httpx.TransportError as e:  # refused, reset, timed out: the service may be restarting
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code == 503:
-                last = f"503: {r.text[:300]}"
-                continue
-            if r.status_code >= 400:
-                raise GraderServiceError(f"grader service {self.url}{path} rejected the request ({r.status_code}): "
-                                         f"{r.text[:500]}", r.status_code)
-            return r.json()
-        raise GraderServiceError(f"grader service {self.url}{path} failed after {self.retries + 1} tries; last error: {last}",
-                                 503)
+        try:
+            return request(self.http, method, self.url + path, self.retry, json=body).json()
+        except EndpointError as e:
+            if not e.retried:
+                raise GraderServiceError(f"grader service {self.url}{path} rejected the request ({e.status}): {e.detail}",
+                                         e.status) from None
+            raise GraderServiceError(f"grader service {self.url}{path} failed after {self.retry.tries} tries; last error: "
+                                     f"{e.detail}", 503) from None
 
     def close(self) -> None:
         self.http.close()

@@ -1,0 +1,39 @@
+"""The prompts of a run: training prompts (safety and benign, mixed) and evaluation prompts."""
+
+from __future__ import annotations
+
+import logging
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def _fits(tokenizer, max_tokens: int):
+    from ..rollout.types import chat_prompt_ids
+
+    return lambda r: len(chat_prompt_ids(tokenizer, r["conversation"])) <= max_tokens
+
+
+def load_prompts(cfg: TrainConfig, rules, tokenizer=None) -> tuple[list[dict], list[dict]]:
+    """Training and evaluation prompts. Prompts longer than ``data.max_prompt_tokens`` (chat-templated)
+    are left out: on CPU one long multi-turn prompt costs more than the rest of the batch."""
+    from ..evaluation.evaluate import load_prompt_rows, load_xstest
+    from ..pipeline.prompts import load_prompt_set
+
+    rows = []
+    if cfg.data.safety_prompts:
+        rows += load_prompt_set(cfg.data.safety_prompts, limit=cfg.data.limit)
+    if cfg.data.benign_prompts:
+        rows += [{**r, "category": None} for r in load_prompt_set(cfg.data.benign_prompts, limit=cfg.data.limit)]
+    eval_rows = []
+    if cfg.data.eval_prompts:  # every prompt by its response type, "None" (comply) included
+        eval_rows += load_prompt_rows(cfg.data.eval_prompts, rules, cfg.data.eval_limit)
+    if cfg.data.xstest:
+        eval_rows += load_xstest(cfg.data.xstest, cfg.data.xstest_limit, rules)
+    if tokenizer is not None and cfg.data.max_prompt_tokens:
+        fits = _fits(tokenizer, cfg.data.max_prompt_tokens)
+        kept = [r for r in rows if fits(r)]
+        log.warning("%d of %d training prompts fit in data.max_prompt_tokens=%d", len(kept), len(rows), cfg.data.max_prompt_tokens)
+        rows, eval_rows = kept, [r for r in eval_rows if fits(r)]
+    return rows, eval_rows
