@@ -1,6 +1,7 @@
 """The package's shape, read from the source (ast; nothing is imported, so no torch):
 
-- no import cycles between rbr_rlhf's modules (imports inside functions count: they run too),
+- no import cycles between rbr_rlhf's modules (imports inside functions count: they run too; imports
+  under ``if TYPE_CHECKING:`` do not),
 - library modules never import a command-line module (``*/cli.py``, ``rbr_rlhf/cli.py``),
 - no module imports a private (underscore) name from another package of rbr_rlhf.
 """
@@ -26,7 +27,12 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, st
     """(imported module, imported name or None) for every import in the file."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}  # annotations only: never run
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out += [(a.name, None) for a in node.names if a.name.startswith("rbr_rlhf")]
         elif isinstance(node, ast.ImportFrom):
