@@ -58,3 +58,26 @@ def test_config_reference_is_generated():
     committed = (REPO / "docs" / "config-reference.md").read_text()
     assert committed == generate(), "docs/config-reference.md is stale: rbr-rlhf config-reference > docs/config-reference.md"
     assert "`launch.signal_seconds`" in committed and "`ppo.kl.target`" in committed
+
+
+def test_architecture_page_names_what_exists():
+    """docs/architecture.md: linked from the README, two mermaid diagrams, every package in its table, and
+    every file and class (or Class.method) it names exists in the code."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    assert "docs/architecture.md" in (REPO / "README.md").read_text()
+    assert text.count("```mermaid") == 2
+    src = REPO / "rbr_rlhf"
+    packages = sorted(p.name for p in src.iterdir() if (p / "__init__.py").exists() or p.name == "ppo")
+    for pkg in packages:
+        assert f"| `{pkg}/` |" in text, f"docs/architecture.md: no row for {pkg}/"
+    code = "\n".join(p.read_text() for p in src.rglob("*.py"))
+    for row in re.findall(r"^\| `(\w+)/` \|.*$", text, flags=re.M):
+        line = next(l for l in text.splitlines() if l.startswith(f"| `{row}/` |"))
+        for name in re.findall(r"`([\w/]+\.(?:py|yaml|j2))`", line):
+            assert (src / row / name).exists(), f"docs/architecture.md: {row}/{name} does not exist"
+    for path in re.findall(r"\b((?:ppo|rbr|rollout|service|rm|launch)/\w+\.py)\b", text):
+        assert (src / path).exists(), f"docs/architecture.md: rbr_rlhf/{path} does not exist"
+    for cls, attr in re.findall(r"\b([A-Z][a-z]+[A-Z]\w*|Rollout|Reward|RBRScore)(?:\.(\w+))?\b", text):
+        assert re.search(rf"^class {cls}\b", code, flags=re.M), f"docs/architecture.md: no class {cls}"
+        if attr:
+            assert re.search(rf"def {attr}\b", code), f"docs/architecture.md: no {cls}.{attr}"
