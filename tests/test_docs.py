@@ -77,7 +77,10 @@ def test_architecture_page_names_what_exists():
             assert (src / row / name).exists(), f"docs/architecture.md: {row}/{name} does not exist"
     for path in re.findall(r"\b((?:ppo|rbr|rollout|service|rm|launch)/\w+\.py)\b", text):
         assert (src / path).exists(), f"docs/architecture.md: rbr_rlhf/{path} does not exist"
+    prose = {"DeepSpeed", "FastAPI", "CleanRL", "OpenAI", "ZeRO", "LoRA", "RewardTrainer"}  # other projects
     for cls, attr in re.findall(r"\b([A-Z][a-z]+[A-Z]\w*|Rollout|Reward|RBRScore)(?:\.(\w+))?\b", text):
+        if cls in prose:
+            continue
         assert re.search(rf"^class {cls}\b", code, flags=re.M), f"docs/architecture.md: no class {cls}"
         if attr:
             assert re.search(rf"def {attr}\b", code), f"docs/architecture.md: no {cls}.{attr}"
