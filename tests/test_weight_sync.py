@@ -178,7 +178,6 @@ def test_zero3_export_gathers_per_bucket_and_matches(tmp_path):
     deepspeed = pytest.importorskip("deepspeed")
     from rbr_rlhf.ppo.distributed import init_distributed
 
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_distributed()
     model = tiny_lora_model(seed=1)
     reference = copy.deepcopy(model).merge_and_unload().state_dict()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .core import entropy_from_logits, logprobs_from_logits
 
 
 @dataclass
@@ -23,9 +22,18 @@ class PackedBatch:
     resp_tokens: torch.Tensor    # [B, R]
     resp_mask: torch.Tensor      # [B, R] float, 1 on real response tokens
 
+    def to(self, device) -> "PackedBatch":
+        return PackedBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.resp_index,
+                                                    self.resp_tokens, self.resp_mask)))
+
     def select(self, idx) -> "PackedBatch":
-        return PackedBatch(*(t[idx] for t in (self.input_ids, self.attention_mask, self.resp_index,
-                                              self.resp_tokens, self.resp_mask)))
+        """Rows ``idx``, with the input columns past the longest selected sequence cut off (right padding
+        only: no position any selected row uses is dropped, so the result is exact and the model computes
+        no all-padding columns). The response columns keep their width: callers line them up with
+        whole-batch tensors."""
+        ids, attn = self.input_ids[idx], self.attention_mask[idx]
+        width = max(int(attn.sum(1).max()), 1) if attn.numel() else ids.shape[1]
+        return PackedBatch(ids[:, :width], attn[:, :width], self.resp_index[idx], self.resp_tokens[idx], self.resp_mask[idx])
 
 
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> PackedBatch:
@@ -49,13 +57,24 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
 
 
 def policy_forward(model, batch: PackedBatch, with_entropy: bool = False):
-    """log pi(response tokens) [B, R] (and per-token entropy) from one forward pass."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    idx = batch.resp_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    """log pi(response tokens) [B, R] (and per-token entropy) from one forward pass.
+
+    Only the positions from the earliest response token on get logits (``logits_to_keep``): the
+    vocabulary projection and log-softmax of prompt positions, whose logits nobody reads, are skipped
+    (SmolLM2's vocabulary projection is a fifth of its forward FLOPs, and prompts are most positions)."""
+    first = int(batch.resp_index[:, 0].min()) if batch.resp_index.numel() else 0
+    keep = batch.input_ids.shape[1] - first
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep).logits
+    except TypeError:  # a model without logits_to_keep: every position
+        logits, first = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, 0
+    pos = (batch.resp_index - first).clamp(min=0)  # padding entries (index 0) are masked below
+    idx = pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     resp_logits = torch.gather(logits, 1, idx)
-    logprobs = logprobs_from_logits(resp_logits, batch.resp_tokens) * batch.resp_mask
+    logp = torch.log_softmax(resp_logits.float(), dim=-1)
+    logprobs = torch.gather(logp, 2, batch.resp_tokens.unsqueeze(-1)).squeeze(-1) * batch.resp_mask
     if with_entropy:
-        return logprobs, entropy_from_logits(resp_logits) * batch.resp_mask
+        return logprobs, -(logp.exp() * logp).sum(-1) * batch.resp_mask
     return logprobs
 
 

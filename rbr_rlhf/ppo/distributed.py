@@ -55,6 +55,8 @@ def all_reduce_mean(x: float) -> float:
     d = process_group()
     if d is None or d.get_world_size() == 1:
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    # NCCL reduces GPU tensors only; gloo CPU ones.
+    device = f"cuda:{torch.cuda.current_device()}" if d.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([x], dtype=torch.float64, device=device)
     d.all_reduce(t)
     return (t / d.get_world_size()).item()

@@ -82,7 +82,7 @@ def _ds_config(cfg: TrainConfig, micro_batch: int) -> dict:
         zero["offload_param"] = {"device": "cpu"}
     return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
             "gradient_clipping": cfg.ppo.max_grad_norm, "zero_optimization": zero, "steps_per_print": 10 ** 9,
-            "wall_clock_breakdown": False}
+            "wall_clock_breakdown": False, **({"bf16": {"enabled": True}} if cfg.deepspeed.bf16 else {})}
 
 
 def _warmup(warmup_steps: int):
@@ -198,8 +198,9 @@ class PPOTrainer:
         shard = list(range(self.rank, len(rollout), self.world))
         # Responses with no tokens cannot be trained on; give them one EOS token (the engine ended at once).
         resp = [rollout.response_ids[i] or [self.tokenizer.eos_token_id] for i in shard]
-        batch = pack([rollout.prompt_ids[i] for i in shard], resp, self.pad_id)
-        scores = torch.tensor([scored.rewards[i].total for i in shard], dtype=torch.float32)
+        # Tensors live where the engines' parameters do (the GPU on a GPU run; CPU otherwise).
+        batch = pack([rollout.prompt_ids[i] for i in shard], resp, self.pad_id).to(self.actor.device)
+        scores = torch.tensor([scored.rewards[i].total for i in shard], dtype=torch.float32, device=self.actor.device)
 
         # 4. log pi_old, log pi_ref, V_old on exactly the sampled tokens
         t = time.time()

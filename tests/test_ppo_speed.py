@@ -1,0 +1,74 @@
+"""Issue 19's training-phase fixes are exact: logits only from the first response position on
+(``logits_to_keep``), and minibatches cut to their longest sequence, give the same log-probabilities,
+entropies and values as the full computation."""
+
+import torch
+
+from rbr_rlhf.ppo.batch import critic_forward, pack, policy_forward
+from rbr_rlhf.ppo.core import entropy_from_logits, logprobs_from_logits
+
+
+def _tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)).eval()
+
+
+def _reference(model, batch):
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    idx = batch.resp_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    resp = torch.gather(logits, 1, idx)
+    return logprobs_from_logits(resp, batch.resp_tokens) * batch.resp_mask, entropy_from_logits(resp) * batch.resp_mask
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 97, (n,), generator=g).tolist() for n in (9, 4, 15, 6)]
+    resps = [torch.randint(3, 97, (n,), generator=g).tolist() for n in (5, 11, 2, 1)]
+    return pack(prompts, resps, pad_id=0)
+
+
+def test_logits_only_from_the_first_response_position_are_exact():
+    model, batch = _tiny(), _batch()
+    with torch.no_grad():
+        want_lp, want_ent = _reference(model, batch)
+        got_lp, got_ent = policy_forward(model, batch, with_entropy=True)
+        assert torch.allclose(got_lp, want_lp, atol=1e-5) and torch.allclose(got_ent, want_ent, atol=1e-5)
+        assert torch.allclose(policy_forward(model, batch), want_lp, atol=1e-5)
+
+
+def test_minibatch_select_trims_padding_columns_exactly():
+    model, batch = _tiny(), _batch()
+    idx = torch.tensor([1, 3])  # the two short samples: 15 and 7 tokens of a 17-wide batch
+    mb = batch.select(idx)
+    assert mb.input_ids.shape[1] == 15 < batch.input_ids.shape[1]
+    assert mb.resp_mask.shape == batch.resp_mask[idx].shape  # response columns keep the batch's width
+    with torch.no_grad():
+        full = _reference(model, batch)[0][idx]
+        assert torch.allclose(policy_forward(model, mb), full, atol=1e-5)
+
+    class Critic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model.model
+            self.head = torch.nn.Linear(32, 1)
+
+        def forward(self, input_ids, attention_mask):
+            return self.head(self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state).squeeze(-1)
+
+    critic = Critic()
+    with torch.no_grad():
+        assert torch.allclose(critic_forward(critic, mb), critic_forward(critic, batch)[idx], atol=1e-5)
+
+
+def test_models_without_logits_to_keep_still_work():
+    inner, batch = _tiny(), _batch()
+
+    class NoKeep(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    with torch.no_grad():
+        assert torch.allclose(policy_forward(NoKeep(), batch), _reference(inner, batch)[0], atol=1e-5)
