@@ -90,7 +90,7 @@ class SyntheticReward:
 
         total = np.array([min(len(c), 200) / 200 for c in completions]) + self.rng.normal(0, 0.1, len(completions))
         n = len(completions)
-        return ScoredBatch(total.copy(), np.full(n, math.nan), total, [None] * n, [None] * n, [None] * n, [{}] * n, total)
+        return ScoredBatch(total.copy(), np.full(n, math.nan), total, [None] * n, [None] * n, [None] * n, [None] * n, total)
 
 
 class RecordingEngine:
