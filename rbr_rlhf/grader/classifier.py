@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -279,11 +280,27 @@ def _cv_auc(X, y: np.ndarray, C: float, seed: int, folds: int = 5) -> float | No
     return float(roc_auc_score(hard, scores))
 
 
+def _fit_proposition(X, y_all: np.ndarray, c_grid: tuple, seed: int, cv_folds: int):
+    """One proposition's head on the rows that carry its label: C chosen by cross-validated ROC AUC.
+    Returns (coef or None, intercept, C, cv AUC, labelled rows)."""
+    known = ~np.isnan(y_all)
+    y, Xj = y_all[known], X[np.flatnonzero(known)]
+    if (y >= 0.5).sum() == 0 or (y < 0.5).sum() == 0:
+        # No example of one side: a constant head at the observed rate (AUC is undefined anyway).
+        rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+        return None, float(np.log(rate / (1 - rate))), None, None, int(known.sum())
+    scores = {C: _cv_auc(Xj, y, C, seed, cv_folds) for C in c_grid}
+    valid = {C: s for C, s in scores.items() if s is not None}
+    C = max(valid, key=valid.get) if valid else 1.0
+    head = _fit_head(Xj, y, C)
+    return head.coef_[0], float(head.intercept_[0]), C, valid.get(C), int(known.sum())
+
+
 def train_classifier(rules: RuleSet, rows: Sequence[dict], out_dir: str | Path | None = None, encoder: str = "minilm",
                      lm: str | None = "smollm2", propositions: Sequence[str] | None = None, seed: int = 0,
                      progress: bool = True, source: str = "data", allow_missing_labels: bool = False,
                      opening: bool = False, feature_memo: dict | None = None,
-                     c_grid: Sequence[float] = C_GRID, cv_folds: int = 5) -> ClassifierGrader:
+                     c_grid: Sequence[float] = C_GRID, cv_folds: int = 5, n_jobs: int | None = None) -> ClassifierGrader:
     """One logistic head per proposition. With ``allow_missing_labels`` rows may label only some
     propositions (e.g. XSTest answers, labelled for refusal only): each head trains on the rows that
     carry its label, and the config records how many that were."""
@@ -304,22 +321,19 @@ def train_classifier(rules: RuleSet, rows: Sequence[dict], out_dir: str | Path |
     coef = np.zeros((len(props), X.shape[1]))
     intercept = np.zeros(len(props))
     chosen, cv, label_rows = {}, {}, {}
-    for j, p in enumerate(tqdm(props, desc="proposition heads", unit="head", file=sys.stderr, disable=not progress)):
-        known = ~np.isnan(Y[:, j])
-        y, Xj = Y[known, j], X[np.flatnonzero(known)]
-        label_rows[p] = int(known.sum())
-        if (y >= 0.5).sum() == 0 or (y < 0.5).sum() == 0:
-            # No example of one side: a constant head at the observed rate (AUC is undefined anyway).
-            rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-            intercept[j] = np.log(rate / (1 - rate))
-            chosen[p], cv[p] = None, None
-            continue
-        scores = {C: _cv_auc(Xj, y, C, seed, cv_folds) for C in c_grid}
-        valid = {C: s for C, s in scores.items() if s is not None}
-        C = max(valid, key=valid.get) if valid else 1.0
-        head = _fit_head(Xj, y, C)
-        coef[j], intercept[j] = head.coef_[0], head.intercept_[0]
-        chosen[p], cv[p] = C, valid.get(C)
+    # Each head's cross-validated C search is independent of the others and single-threaded (sparse
+    # lbfgs), so the heads run in worker processes: the same fits, about n_jobs times sooner.
+    from joblib import Parallel, delayed
+
+    jobs = [delayed(_fit_proposition)(X, Y[:, j], tuple(c_grid), seed, cv_folds) for j in range(len(props))]
+    n_jobs = n_jobs or min(os.cpu_count() or 1, 8)
+    results = list(tqdm(Parallel(n_jobs=n_jobs, return_as="generator")(jobs), total=len(props),
+                        desc="proposition heads", unit="head", file=sys.stderr, disable=not progress))
+    for j, (p, (head_coef, head_intercept, C, auc, n_rows)) in enumerate(zip(props, results)):
+        if head_coef is not None:
+            coef[j] = head_coef
+        intercept[j] = head_intercept
+        chosen[p], cv[p], label_rows[p] = C, auc, n_rows
     counted = [v for v in cv.values() if v is not None]
     config = {"encoder": encoder, "lm": lm, "opening": opening, "propositions": props,
               "rules_fingerprint": rules.fingerprint, "trained_on": str(source), "rows": len(rows),
