@@ -2,7 +2,7 @@
 
 Each ``ensure_*`` returns at once when its asset exists at the path the recipe names, so a second run
 reuses it: the helpful reward model, the policy's own answers to unsafe prompts, the classifier grader,
-the evaluation judge, and the RBR weights (``build-rbr``). ``engine``, when given, is the run's rollout
+the evaluation judge, and the RBR weights (``rbr build``). ``engine``, when given, is the run's rollout
 engine: assets that need the policy's writing go through it instead of loading a second copy.
 """
 
@@ -140,15 +140,15 @@ def ensure_rbr_weights(cfg: TrainConfig, rules, grader_spec: str, rm_path: str, 
     from ..pipeline.build import BuildConfig, BuildRBR
 
     out = str(path.parent)
-    print(f"[assets] building RBR weights with build-rbr -> {out} (first use)", flush=True)
+    print(f"[assets] building RBR weights with rbr build -> {out} (first use)", flush=True)
     bcfg = BuildConfig(out=out, grader=grader_spec, rm=rm_path, rules=cfg.rbr.rules, **asdict(build))
     writer = None
     if engine is not None and bcfg.writer == cfg.policy.model:
         from ..pipeline.writer import EngineWriter
 
         writer = EngineWriter(engine)  # the policy's own rollout server writes: no second model in memory
-        print("[assets] build-rbr writes through the run's rollout engine", flush=True)
+        print("[assets] rbr build writes through the run's rollout engine", flush=True)
     report = BuildRBR(bcfg, rules, force=True, writer=writer).run()
-    print(f"[assets] build-rbr kept {report['kept']} comparisons; error rates {report.get('fit', {}).get('error_rate')}",
+    print(f"[assets] rbr build kept {report['kept']} comparisons; error rates {report.get('fit', {}).get('error_rate')}",
           flush=True)
     return str(path)

@@ -34,7 +34,7 @@ class CriticConfig:
 
 @dataclass
 class RewardModelBuild:
-    """``train-rm`` on first use, when ``reward_model.path`` is missing (fields of ``rm.train.RMTrainConfig``)."""
+    """``rm train`` on first use, when ``reward_model.path`` is missing (fields of ``rm.train.RMTrainConfig``)."""
     data: Optional[str] = None        # preference pairs (HH-RLHF JSONL); null: nothing to build
     limit: Optional[int] = None       # read at most this many pairs
     eval_fraction: float = 0.1        # share of pairs held out for the pairwise accuracy
@@ -79,7 +79,7 @@ class GraderBuild:
 
 @dataclass
 class WeightsBuild:
-    """``build-rbr`` on first use, when ``rbr.weights`` is missing: the fields of
+    """``rbr build`` on first use, when ``rbr.weights`` is missing: the fields of
     ``pipeline.build.BuildConfig`` except those the run fills in (out, grader, rm, rules)."""
     prompts: Optional[str] = None     # prompts with categories; null: nothing to build
     writer: str = "smollm2"           # the model that writes the comparison completions
@@ -112,7 +112,7 @@ class RBRConfig:
     enabled: bool = True              # add the RBR term (false: R = R_rm everywhere)
     rules: str = "default"            # rule set: "default" or a YAML path
     grader: Optional[str] = None      # grader spec for the grader service this run starts
-    weights: Optional[str] = None     # rbr_weights.json; built by build-rbr when missing and `build` is set
+    weights: Optional[str] = None     # rbr_weights.json; built by `rbr build` when missing and `build` is set
     service_url: Optional[str] = None  # use a running grader service instead of starting one
     build: RBRBuild = field(default_factory=RBRBuild)   # what is built on first use: grader, weights, answers
     weight: float = 1.0               # R = R_rm + weight * R_rbr on safety prompts

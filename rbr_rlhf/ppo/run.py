@@ -53,7 +53,7 @@ def train(cfg: TrainConfig) -> dict:
     summary: dict = {}
     with Services(cfg, rules, policy_path) as services:
         # 2. assets (rank 0), cached after the first run. The RM trains before the rollout server takes
-        # memory; build-rbr and the policy's answers to unsafe prompts write through the rollout server.
+        # memory; `rbr build` and the policy's answers to unsafe prompts write through the rollout server.
         if rank == 0:
             ensure_reward_model(cfg)
             services.start_rollout()
