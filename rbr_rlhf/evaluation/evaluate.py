@@ -153,9 +153,11 @@ def load_completions(path: str | Path, rules: RuleSet, limit: int | None = None)
     return _interleave(rows, limit)
 
 
-def generate_completions(engine, rows: list[dict], max_tokens: int = 64, batch_size: int = 16,
+def generate_completions(engine, rows: list[dict], max_tokens: int = 64, batch_size: int = 64,
                          progress: bool = True) -> list[dict]:
-    """Greedy completions (temperature 0) for every row, in batches, with a progress bar."""
+    """Greedy completions (temperature 0) for every row, in batches, with a progress bar. A vLLM server
+    decodes up to its max-num-seqs (32) at once: 112 evaluation prompts took 104 s in requests of 16 and
+    64 s in requests of 32 or more on 2 cores (2026-12-02); the transformers engine chunks by its own size."""
     from tqdm import tqdm
 
     out = []
