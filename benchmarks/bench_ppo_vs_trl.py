@@ -63,16 +63,38 @@ def check_assets(cache: str) -> dict[str, str]:
     return paths
 
 
+class InProcessRBR:
+    """The grader service's scoring in this process (an ``RBRScorer``): both sides of the benchmark call the
+    same reward, without an HTTP hop that only one of them would pay."""
+
+    def __init__(self, rules, grader, weights):
+        self.rules, self.grader, self.weights = rules, grader, weights
+
+    def rbr_scores(self, items: list[dict]):
+        from rbr_rlhf.grader.base import GradeItem
+        from rbr_rlhf.rbr.features import grade_completions
+        from rbr_rlhf.rbr.score import RBRScore
+
+        out = [RBRScore.not_applicable() for _ in items]
+        idx = [i for i, it in enumerate(items) if self.rules.find_response_type(it["category"]) is not None]
+        graded = grade_completions(self.rules, self.grader,
+                                   [GradeItem(tuple(items[i]["conversation"]), items[i]["completion"]) for i in idx],
+                                   [items[i]["category"] for i in idx])
+        for i, g in zip(idx, graded):
+            out[i] = RBRScore.from_graded(g, self.weights.reward(self.rules, g))
+        return out
+
+
 def build_reward(paths):
     from rbr_rlhf.grader.factory import build_grader
-    from rbr_rlhf.ppo.rewards import LocalRBR, RewardFunction
+    from rbr_rlhf.ppo.rewards import RewardFunction
     from rbr_rlhf.rbr.model import RBRWeights
     from rbr_rlhf.rm.model import RewardModel
     from rbr_rlhf.rules import load_rules
 
     rules = load_rules("default")
     grader = build_grader("classifier:" + paths["grader"], rules)
-    rbr = LocalRBR(rules, grader, RBRWeights.load(paths["RBR weights"], rules))
+    rbr = InProcessRBR(rules, grader, RBRWeights.load(paths["RBR weights"], rules))
     return rules, RewardFunction(rules, RewardModel(paths["reward model"]), rbr, 1.0, ["None"], False, None)
 
 
@@ -215,7 +237,7 @@ def main(argv=None):
     from rbr_rlhf.models import resolve_model
     from rbr_rlhf.ppo.config import load_config
     from rbr_rlhf.ppo.flops import matmul_reference
-    from rbr_rlhf.ppo.run import load_prompts
+    from rbr_rlhf.ppo.prompts import load_prompts
     from rbr_rlhf.ppo.trainer import PromptStream
     from ppo_common import fmt_rate
 

@@ -138,7 +138,8 @@ def train_config(policy_path: str, run_dir: str, *, prompts_per_step: int, sampl
 
 
 def make_trainer(cfg, engine, reward_fn, prompts, tokenizer):
-    from rbr_rlhf.ppo.trainer import PPOTrainer, init_distributed
+    from rbr_rlhf.ppo.distributed import init_distributed
+    from rbr_rlhf.ppo.trainer import PPOTrainer
 
     init_distributed()
     rules = SimpleNamespace(fingerprint="benchmark")

@@ -120,3 +120,41 @@ def test_the_checker_sees_a_cycle_and_a_private_import():
     edges, raw = graph()
     assert "rbr_rlhf.ppo.trainer" in edges["rbr_rlhf.ppo.run"]  # lazy imports inside functions are seen
     assert subpackage("rbr_rlhf.ppo.trainer") == "ppo" and subpackage("rbr_rlhf.data") == "data"
+
+
+def defined_names(path: Path) -> set[str]:
+    """Names a module defines at its top level (functions, classes, assignments, imports)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try)):
+            names |= {n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            names |= {(a.asname or a.name).split(".")[0] for n in ast.walk(node)
+                      if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    return names
+
+
+def test_scripts_benchmarks_and_tests_import_names_that_exist():
+    """Code outside the package (benchmarks, scripts, tests) imports rbr_rlhf names that still exist, even
+    inside functions that only a slow run reaches (a module split once broke two benchmarks that way)."""
+    known = modules()
+    repo = ROOT.parent
+    files = [p for d in ("benchmarks", "scripts", "tests") for p in sorted((repo / d).rglob("*.py"))]
+    missing = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("rbr_rlhf"):
+                if node.module not in known:
+                    missing.append(f"{f.relative_to(repo)}:{node.lineno}: no module {node.module}")
+                    continue
+                have = defined_names(known[node.module])
+                for a in node.names:
+                    if a.name != "*" and a.name not in have and f"{node.module}.{a.name}" not in known:
+                        missing.append(f"{f.relative_to(repo)}:{node.lineno}: {node.module} has no {a.name}")
+    assert files and not missing, "\n".join(missing)
