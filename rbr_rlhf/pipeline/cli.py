@@ -1,4 +1,4 @@
-"""``rbr-rlhf rbr build`` and ``rbr-rlhf prompts classify`` (formerly ``rbr build``, ``prompts classify``)."""
+"""``rbr-rlhf rbr build`` and ``rbr-rlhf prompts classify``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``rbr-rlhf rm train`` and ``rbr-rlhf rm eval`` (formerly ``rm train``, ``rm eval``)."""
+"""``rbr-rlhf rm train`` and ``rbr-rlhf rm eval``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``rbr-rlhf rollout serve`` (formerly ``rollout serve``): run the vLLM rollout server in the foreground."""
+"""``rbr-rlhf rollout serve``: run the vLLM rollout server in the foreground."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``rbr-rlhf grader serve`` (formerly ``grader serve``)."""
+"""``rbr-rlhf grader serve``: the batched RBR grader service."""
 
 from __future__ import annotations
 
