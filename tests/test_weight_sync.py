@@ -3,6 +3,7 @@ ZeRO-3 gathered per bucket), its wiring, and (GPU only) the real NCCL broadcast 
 
 import copy
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -176,6 +177,18 @@ def test_push_weights_file_path():
 def test_zero3_export_gathers_per_bucket_and_matches(tmp_path):
     """One CPU rank, ZeRO-3 (gloo): the partitioned model exports what merge_and_unload gives."""
     deepspeed = pytest.importorskip("deepspeed")
+    if os.environ.get("RBR_TEST_FRESH_PROCESS") != "1":
+        # DeepSpeed caches its process groups per process: after another in-process DeepSpeed test
+        # (tests/test_ppo_step.py) a ZeRO-3 engine here finds a stale group. Run this test in a process of its own.
+        import subprocess
+        import sys
+
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              f"{__file__}::test_zero3_export_gathers_per_bucket_and_matches"],
+                             env={**os.environ, "RBR_TEST_FRESH_PROCESS": "1"}, capture_output=True, text=True,
+                             timeout=600, cwd=str(Path(__file__).resolve().parents[1]))
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+        return
     from rbr_rlhf.ppo.distributed import init_distributed
 
     init_distributed()
