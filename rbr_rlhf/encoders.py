@@ -24,13 +24,24 @@ class MeanPoolEncoder:
         import torch
 
         self.tokenizer.truncation_side = truncation_side
-        out = []
+        # Each distinct text is encoded once, and batches are cut from the texts sorted by length: a batch
+        # is padded to its longest text, and graders encode short sentences next to long answers (and the
+        # same refusal sentence many times). Mean pooling masks the padding, so the vectors are those of
+        # one text at a time (up to float rounding, 2e-7): the reward grader's features of 600 training rows took
+        # 103 s -> 50 s on 2 cores (2026-12-02).
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        ids = self.tokenizer(unique, truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
+        order = sorted(range(len(unique)), key=lambda i: len(ids[i]))
+        vectors = np.zeros((len(unique), self.model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
-            for s in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(list(texts[s:s + self.batch_size]), padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+            for s in range(0, len(order), self.batch_size):
+                rows = order[s:s + self.batch_size]
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))
+                vectors[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        index = {t: i for i, t in enumerate(unique)}
+        return vectors[[index[t] for t in texts]]
