@@ -55,6 +55,20 @@ def test_ranks_check_one_run_dir_at_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_phase_clock_adds_up_repeated_phases(capsys):
+    from rbr_rlhf.ppo.rundir import PhaseClock
+
+    clock = PhaseClock()
+    for _ in range(3):
+        with clock("train", echo=False):
+            time.sleep(0.01)
+    with clock("eval_before"):
+        pass
+    seconds = clock.summary()
+    assert set(seconds) == {"train", "eval_before", "total"} and seconds["total"] >= seconds["train"] >= 0.0
+    assert capsys.readouterr().out == "[time] eval_before: 0 s\n"
+
+
 def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
     """4 steps straight vs: kill -9 of the whole run while step 3's checkpoint is being written, resume=auto
     (the torn checkpoint is skipped, step 2 is the newest whole one), steps 3-4 again: the per-step
@@ -165,6 +179,8 @@ def test_vllm_rollout_server_run(tiny_assets, tmp_path):
     assert m[2]["logprob_gap/engine_vs_trainer"] < 0.05  # ... also on the restarted server, re-synced
     summary = json.loads((run / "summary.json").read_text())
     assert {"before", "after"} <= set(summary)
+    phases = {"reward_model", "rollout_server", "assets", "grader_service", "eval_before", "train", "eval_after", "total"}
+    assert phases <= set(summary["seconds"]) and summary["seconds"]["train"] > 0, summary["seconds"]
     # 6 gold + 4 XSTest prompts, less any whose prompt does not fit the model length
     assert 8 <= summary["after"]["prompts"] == summary["before"]["prompts"] <= 10
     assert (run / "report.png").stat().st_size > 10_000 and (run / "policy" / "config.json").exists()

@@ -236,3 +236,24 @@ def test_ranking_accuracy_reports_each_reward_with_n_and_interval(xstest_rows, d
     assert low <= unsafe["r_rbr"] <= high
     table = ranking_markdown(out)
     assert f"| unsafe | {unsafe['n']} |" in table and "100.0% [" in table
+
+
+def test_reward_grader_and_judge_embed_shared_rows_once(monkeypatch, default_rules):
+    """The main job trains the reward grader and the judge one after the other on the same gold rows:
+    with one ``feature_memos`` the second grader encodes only the rows the first did not see."""
+    from rbr_rlhf.grader.classifier import FeatureExtractor
+
+    shared = [{"conversation": [{"role": "user", "content": f"shared {i}"}],
+               "completion": "I'm sorry, I can't." if i % 2 else "Sure, here it is.",
+               "propositions": {"inability_to_comply": bool(i % 2)}} for i in range(12)]
+    own = {role: [{**r, "conversation": [{"role": "user", "content": f"{role} {i}"}]} for i, r in enumerate(shared[:6])]
+           for role in (rd.REWARD_HALF, rd.JUDGE_HALF)}
+    monkeypatch.setattr(rd, "grader_training_rows", lambda rules, root, gen, role, gold=None: shared + own[role])
+    encoded = []
+    real_dense = FeatureExtractor._dense
+    monkeypatch.setattr(FeatureExtractor, "_dense", lambda self, items: encoded.append(len(items)) or real_dense(self, items))
+    memos: dict = {}
+    rd.train_real_grader(default_rules, None, "unused", role=rd.REWARD_HALF, feature_memos=memos)
+    rd.train_real_grader(default_rules, None, "unused", role=rd.JUDGE_HALF, feature_memos=memos)
+    assert encoded == [18, 6]
+    assert list(memos) == [("minilm", None, True)] and len(memos[("minilm", None, True)]) == 24

@@ -223,16 +223,21 @@ def grader_training_rows(rules, data_root: str | Path, generated: str | Path | N
 
 def train_real_grader(rules, out_dir: str | Path, data_root: str | Path, generated: str | Path | None = None,
                       role: str = REWARD_HALF, encoder: str = "minilm", lm: str | None = None, opening: bool = True,
-                      seed: int = 0, gold_train: str | Path | None = None):
-    """The classifier grader on gold rows plus real models' answers (see the module docstring)."""
+                      seed: int = 0, gold_train: str | Path | None = None, feature_memos: dict | None = None):
+    """The classifier grader on gold rows plus real models' answers (see the module docstring).
+    ``feature_memos`` (a dict, filled here) lets the reward grader and the judge of one run embed their
+    shared gold rows once: the frozen encoders give both the same vectors."""
     from .classifier import train_classifier
 
     rows = grader_training_rows(rules, data_root, generated, role, gold_train)
+    lm = None if lm in (None, "none") else lm
+    memo = None if feature_memos is None else feature_memos.setdefault((encoder, lm, opening), {})
     # Three folds and two strengths instead of 5 x 4: the refusal heads see ~1,300 rows, and a full grid
     # took minutes per head on 2 cores for AUC differences in the third decimal.
-    return train_classifier(rules, rows, out_dir, encoder=encoder, lm=None if lm in (None, "none") else lm,
-                            seed=seed, source=f"gold train + xstest ({role} half) + generated ({role} half)",
-                            allow_missing_labels=True, opening=opening, c_grid=(1.0, 10.0), cv_folds=3)
+    return train_classifier(rules, rows, out_dir, encoder=encoder, lm=lm, seed=seed,
+                            source=f"gold train + xstest ({role} half) + generated ({role} half)",
+                            allow_missing_labels=True, opening=opening, c_grid=(1.0, 10.0), cv_folds=3,
+                            feature_memo=memo)
 
 
 def train_judge(rules, out_dir: str | Path, data_root: str | Path, generated: str | Path | None = None, **kw):

@@ -9,6 +9,7 @@ engine: assets that need the policy's writing go through it instead of loading a
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,12 +25,21 @@ class Assets:
     judge: str | None           # the evaluation judge spec (None: no before/after evaluation)
 
 
-def build_assets(cfg: TrainConfig, rules, engine=None) -> Assets:
-    """Every asset the recipe needs, in dependency order (the weights need the grader and the RM)."""
+def build_assets(cfg: TrainConfig, rules, engine=None, clock=None) -> Assets:
+    """Every asset the recipe needs, in dependency order (the weights need the grader and the RM).
+    ``clock`` (a ``rundir.PhaseClock``) times each one; the grader's time includes the policy's answers to
+    unsafe prompts when they are written first for it."""
+    from .rundir import PhaseClock
+
+    clock = clock or PhaseClock(quiet=True)
+    memos: dict = {}  # the grader's and the judge's sentence features of the rows they share
     rm = ensure_reward_model(cfg)
-    grader = ensure_grader(cfg, rules, engine) if cfg.rbr.enabled else None
-    judge = ensure_judge(cfg, rules, engine) if cfg.eval_before_after else None
-    weights = ensure_rbr_weights(cfg, rules, cfg.rbr.grader, rm, engine)
+    with clock("assets/grader"):
+        grader = ensure_grader(cfg, rules, engine, memos) if cfg.rbr.enabled else None
+    with clock("assets/judge"):
+        judge = ensure_judge(cfg, rules, engine, memos) if cfg.eval_before_after else None
+    with clock("assets/rbr_weights"):
+        weights = ensure_rbr_weights(cfg, rules, cfg.rbr.grader, rm, engine)
     return Assets(rm, grader, weights, judge)
 
 
@@ -75,12 +85,14 @@ def ensure_unsafe_answers(cfg: TrainConfig, engine=None) -> str | None:
     from ..grader.realdata import ensure_generated
 
     print(f"[assets] writing and labelling the policy's answers to unsafe prompts -> {b.path} (first use)", flush=True)
-    ensure_generated(b.path, b.data_root, engine=engine, writer_model=cfg.policy.model, samples=b.samples,
-                     max_tokens=b.max_tokens, temperature=b.temperature, seed=b.seed)
+    start = time.perf_counter()
+    rows = ensure_generated(b.path, b.data_root, engine=engine, writer_model=cfg.policy.model, samples=b.samples,
+                            max_tokens=b.max_tokens, temperature=b.temperature, seed=b.seed)
+    print(f"[assets] {len(rows)} labelled answers to unsafe prompts in {time.perf_counter() - start:.0f} s", flush=True)
     return b.path
 
 
-def ensure_grader(cfg: TrainConfig, rules, engine=None) -> str:
+def ensure_grader(cfg: TrainConfig, rules, engine=None, feature_memos: dict | None = None) -> str:
     """The reward's classifier grader, trained on first use: on labelled rows (``train``), plus real
     models' answers when ``real_data`` (a data root holding xstest/) is given."""
     spec = cfg.rbr.grader or ""
@@ -95,7 +107,8 @@ def ensure_grader(cfg: TrainConfig, rules, engine=None) -> str:
         from ..grader.realdata import train_real_grader
 
         unsafe = ensure_unsafe_answers(cfg, engine)
-        train_real_grader(rules, path, b.real_data, unsafe, role="reward", lm=lm, gold_train=b.train, **given)
+        train_real_grader(rules, path, b.real_data, unsafe, role="reward", lm=lm, gold_train=b.train,
+                          feature_memos=feature_memos, **given)
         return spec
     from ..grader.classifier import train_classifier
 
@@ -103,7 +116,7 @@ def ensure_grader(cfg: TrainConfig, rules, engine=None) -> str:
     return spec
 
 
-def ensure_judge(cfg: TrainConfig, rules, engine=None) -> str | None:
+def ensure_judge(cfg: TrainConfig, rules, engine=None, feature_memos: dict | None = None) -> str | None:
     """The evaluation's judge (``evaluation.judge``). A ``classifier:PATH`` judge missing on disk is trained
     on first use by ``rbr_rlhf.grader.realdata.train_judge`` when ``evaluation.build_judge`` is given;
     anything else is returned as it is (a missing judge then fails when it is loaded, naming the path)."""
@@ -122,7 +135,7 @@ def ensure_judge(cfg: TrainConfig, rules, engine=None) -> str | None:
     if build.get("generated") and build["generated"] == cfg.rbr.build.unsafe_answers.path:
         ensure_unsafe_answers(cfg, engine)  # the judge learns from the policy's answers too (its own half)
     print(f"[assets] training the evaluation judge -> {path} (first use)", flush=True)
-    train_judge(rules, out_dir=path, **build)
+    train_judge(rules, out_dir=path, feature_memos=feature_memos, **build)
     return spec
 
 

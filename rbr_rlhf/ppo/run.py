@@ -39,11 +39,12 @@ def train(cfg: TrainConfig) -> dict:
     from .prompts import load_prompts
     from .report import plot_metrics
     from .rewards import RewardFunction
-    from .rundir import StopRequest, check_run_dir, write_summary
+    from .rundir import PhaseClock, StopRequest, check_run_dir, write_summary
     from .services import Services, step_with_recovery
     from .trainer import PPOTrainer
 
     # 1. setup
+    clock = PhaseClock()  # wall seconds per phase, printed and kept in summary.json
     run_dir = Path(cfg.run_dir)
     check_run_dir(run_dir)
     init_distributed()
@@ -55,10 +56,14 @@ def train(cfg: TrainConfig) -> dict:
         # 2. assets (rank 0), cached after the first run. The RM trains before the rollout server takes
         # memory; `rbr build` and the policy's answers to unsafe prompts write through the rollout server.
         if rank == 0:
-            ensure_reward_model(cfg)
-            services.start_rollout()
-            build_assets(cfg, rules, services.engine)
-            services.start_grader()
+            with clock("reward_model"):
+                ensure_reward_model(cfg)
+            with clock("rollout_server"):
+                services.start_rollout()
+            with clock("assets"):
+                build_assets(cfg, rules, services.engine, clock)
+            with clock("grader_service"):
+                services.start_grader()
         barrier()
 
         # 3. the reward, the prompts, the trainer
@@ -82,7 +87,8 @@ def train(cfg: TrainConfig) -> dict:
         # 4. evaluate before training
         evaluation = RunEvaluation(cfg, rules, eval_rows) if rank == 0 and cfg.eval_before_after and eval_rows else None
         if evaluation is not None and trainer.step == 0:
-            summary["before"] = evaluation.run("before", services.engine, reward_fn)
+            with clock("eval_before"):
+                summary["before"] = evaluation.run("before", services.engine, reward_fn)
 
         # 5. train
         bar = tqdm(total=cfg.total_steps, initial=trainer.step, desc="RBR-PPO", unit="step", file=sys.stderr,
@@ -90,13 +96,15 @@ def train(cfg: TrainConfig) -> dict:
         stop = StopRequest(run_dir).install()
         try:
             while trainer.step < cfg.total_steps:
-                metrics = step_with_recovery(trainer, services)
+                with clock("train", echo=False):
+                    metrics = step_with_recovery(trainer, services)
                 trainer.log(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl=f"{metrics['kl/sequence_mean']:.3f}")
                 saved = trainer.step % cfg.checkpoint.every == 0 or trainer.step == cfg.total_steps
                 if saved:
-                    trainer.save_checkpoint()
+                    with clock("checkpoints", echo=False):
+                        trainer.save_checkpoint()
                 # Rank 0 decides for every rank, so all of them write the checkpoint and leave together.
                 if trainer.step < cfg.total_steps and trainer.broadcast(stop.requested() if rank == 0 else None):
                     if not saved:
@@ -117,15 +125,19 @@ def train(cfg: TrainConfig) -> dict:
         # 6. evaluate after training, export, report
         if rank == 0:
             if evaluation is not None:
-                summary["after"] = evaluation.run("after", services.engine, reward_fn)
+                with clock("eval_after"):
+                    summary["after"] = evaluation.run("after", services.engine, reward_fn)
                 table = render_before_after({k: summary[k] for k in ("before", "after") if k in summary})
                 if table:
                     summary["eval_table"] = table
                     print(f"[eval] judge {evaluation.spec!r}, 95% bootstrap intervals:\n{table}", flush=True)
             if cfg.checkpoint.export_hf:
-                trainer.export_policy(run_dir / "policy")
+                with clock("export"):
+                    trainer.export_policy(run_dir / "policy")
             summary["plot"] = str(plot_metrics(run_dir / "metrics.jsonl", run_dir / "report.png"))
             summary["steps"] = trainer.step
+            summary["seconds"] = clock.summary()
             path = write_summary(run_dir, summary)
             print(f"[run] done: summary {path}, plot {summary['plot']}, policy {run_dir / 'policy'}", flush=True)
+            print("[time] " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items()), flush=True)
     return summary

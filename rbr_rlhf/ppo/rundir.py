@@ -1,4 +1,5 @@
-"""The run directory: checked before anything loads, a stop request honoured between steps, the summary."""
+"""The run directory: checked before anything loads, a stop request honoured between steps, where the
+run's time went, the summary."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -70,6 +73,31 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+class PhaseClock:
+    """Wall seconds per phase of a run (assets, evaluation, training, ...), printed as each phase ends and
+    kept in summary.json (``seconds``): where a run's time went, without a profiler. A phase entered again
+    (``train``, once a step) adds up; ``echo=False`` keeps it off the console."""
+
+    def __init__(self, quiet: bool = False):
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+        self.quiet = quiet
+
+    @contextmanager
+    def __call__(self, phase: str, echo: bool = True):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - start
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + took, 1)
+            if echo and not self.quiet:
+                print(f"[time] {phase}: {took:.0f} s", flush=True)
+
+    def summary(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self.started, 1)}
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
