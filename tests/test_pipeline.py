@@ -192,9 +192,16 @@ def test_build_rbr_writer_strategies(tmp_path, gold_dir, default_rules):
         def pick(self, response_type, cls, rng):
             return Strategy("other_prompt")
 
-    p = next(iter(prompts.values()))
-    plan = build._plan(p, "illogical", "k", Fixed())
-    assert plan["messages"] != p["conversation"] and plan["strategy"] == "other_prompt"
+    # It answers a prompt of a response type the rule set complies with, never one of the prompt's own
+    # type (a second self-harm request would be answered on topic).
+    by_conv = {json.dumps(q["conversation"]): q for q in prompts.values()}
+    refusing = [q for q in prompts.values() if q["response_type"] != "comply"]
+    assert refusing and any(q["response_type"] == "comply" for q in prompts.values())
+    for p in refusing:
+        for k in range(5):
+            plan = build._plan(p, "illogical", f"k{k}", Fixed())
+            assert plan["strategy"] == "other_prompt"
+            assert by_conv[json.dumps(plan["messages"])]["response_type"] == "comply"
     # Every class of every response type present was attempted.
     attempted = {(prompts[c["prompt_id"]]["response_type"], c["intended_class"]) for c in cands}
     for rt in {p["response_type"] for p in prompts.values()}:

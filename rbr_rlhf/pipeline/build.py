@@ -251,9 +251,22 @@ class BuildRBR:
         elif choice.kind == "start":
             plan.update(messages=conversation + [{"role": "assistant", "content": choice.text}], prefix=choice.text)
         elif choice.kind == "other_prompt":
-            others = [p for p in self._prompt_pool if p["prompt_id"] != prompt["prompt_id"]] or [prompt]
-            plan["messages"] = [dict(m) for m in rng.choice(others)["conversation"]]
+            plan["messages"] = [dict(m) for m in self._unrelated_prompt(prompt, rng)["conversation"]]
         return plan
+
+    def _unrelated_prompt(self, prompt: dict, rng: random.Random) -> dict:
+        """Another prompt whose answer is off-topic for ``prompt`` (an ``other_prompt`` candidate): one of a
+        response type the rule set says to comply with (an ordinary answer), else of another response type,
+        else any other prompt. Another prompt of the same type (a second self-harm request) would be
+        answered on the same topic, which is no non-sequitur."""
+        others = [p for p in self._prompt_pool if p["prompt_id"] != prompt["prompt_id"]]
+        sem = self.rules.evaluation
+        comply = set(sem.should_comply) if sem is not None and sem.should_comply else set()
+        for pool in ([p for p in others if p["response_type"] in comply and p["response_type"] != prompt["response_type"]],
+                     [p for p in others if p["response_type"] != prompt["response_type"]], others):
+            if pool:
+                return rng.choice(pool)
+        return prompt
 
     def _grade(self, ungraded, by_id, graded, path) -> None:
         if not ungraded:
