@@ -4,7 +4,7 @@ entropies and values as the full computation."""
 
 import torch
 
-from rbr_rlhf.ppo.batch import critic_forward, pack, policy_forward
+from rbr_rlhf.ppo.batch import chunked_forward, critic_forward, minibatch_indices, pack, policy_forward
 from rbr_rlhf.ppo.core import entropy_from_logits, logprobs_from_logits
 
 
@@ -72,3 +72,23 @@ def test_models_without_logits_to_keep_still_work():
 
     with torch.no_grad():
         assert torch.allclose(policy_forward(NoKeep(), batch), _reference(inner, batch)[0], atol=1e-5)
+
+
+def test_length_sorted_chunks_equal_one_pass():
+    model, batch = _tiny(), _batch()
+    with torch.no_grad():
+        whole = policy_forward(model, batch)
+        assert torch.allclose(chunked_forward(lambda b: policy_forward(model, b), batch, 2), whole, atol=1e-5)
+        assert torch.allclose(chunked_forward(lambda b: policy_forward(model, b), batch, 3), whole, atol=1e-5)
+
+
+def test_minibatches_by_length_cover_every_row_once_and_group_similar_lengths():
+    batch = _batch()  # sequence lengths 14, 15, 17, 7
+    gen = torch.Generator().manual_seed(0)
+    for mode in ("random", "by_length"):
+        groups = minibatch_indices(batch, 2, mode, gen)
+        assert sorted(torch.cat(groups).tolist()) == [0, 1, 2, 3]
+    groups = minibatch_indices(batch, 2, "by_length", gen)
+    assert sorted(sorted(g.tolist()) for g in groups) == [[0, 3], [1, 2]]
+    widths = sorted(batch.select(g).input_ids.shape[1] for g in groups)
+    assert widths == [14, 17]  # {7, 14} and {15, 17}: 31 columns against 34 for the worst random pairing

@@ -178,6 +178,7 @@ class PPOSettings:
     prompts_per_step: int = 8         # prompts per PPO step (rollout batch)
     epochs: int = 2                   # PPO epochs over each batch
     minibatch_size: int = 4           # samples per minibatch, per rank
+    minibatches: str = "random"       # random | by_length (minibatches of similar length, shuffled each epoch)
     clip_range: float = 0.2           # policy ratio clip
     clip_range_value: float = 0.2     # value clip
     gamma: float = 1.0                # GAE discount
@@ -192,6 +193,10 @@ class PPOSettings:
     kl: KLConfig = field(default_factory=KLConfig)
     reward_norm: bool = False         # running mean/std normalisation of the sequence reward
     reward_clip: Optional[float] = None  # clip the sequence reward to [-x, x]
+
+    def __post_init__(self):
+        if self.minibatches not in ("random", "by_length"):
+            raise ValueError(f"ppo.minibatches must be random or by_length, got {self.minibatches!r}")
 
 
 @dataclass

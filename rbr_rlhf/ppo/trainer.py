@@ -30,7 +30,7 @@ import torch
 from ..data import write_json
 from ..seeding import stable_hash
 from . import checkpoint as ckpt
-from .batch import critic_forward, pack, policy_forward
+from .batch import chunked_forward, critic_forward, minibatch_indices, pack, policy_forward
 from .config import TrainConfig, to_yaml
 from .core import AdaptiveKLController, FixedKLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
 from .distributed import all_reduce_mean, broadcast_object, process_group, rank_and_world
@@ -231,11 +231,8 @@ class PPOTrainer:
         self.critic.train()
         stats = defaultdict(list)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, "minibatches"))
-        n = len(shard)
         for _ in range(cfg.ppo.epochs):
-            order = torch.randperm(n, generator=gen)
-            for s in range(0, n, cfg.ppo.minibatch_size):
-                idx = order[s:s + cfg.ppo.minibatch_size]
+            for idx in minibatch_indices(batch, cfg.ppo.minibatch_size, cfg.ppo.minibatches, gen):
                 mb = batch.select(idx)
                 new_logprobs, entropy = policy_forward(self.actor, mb, with_entropy=True)
                 pg_loss, pg_stats = policy_loss(new_logprobs, old_logprobs[idx], advantages[idx], mb.resp_mask, cfg.ppo.clip_range)
@@ -263,10 +260,8 @@ class PPOTrainer:
         self.step += 1
         return self._metrics(scored, stats, mean_kl, seq_kl, logprob_gap, timings)
 
-    def _chunked(self, fn, batch, size: int | None = None):
-        size = size or self.cfg.ppo.minibatch_size
-        n = batch.input_ids.shape[0]
-        return torch.cat([fn(batch.select(torch.arange(s, min(s + size, n)))) for s in range(0, n, size)])
+    def _chunked(self, fn, batch):
+        return chunked_forward(fn, batch, self.cfg.ppo.minibatch_size)
 
     def sync_weights(self) -> None:
         """Push merged policy weights to the rollout engine (rank 0); every rank learns the new version.
