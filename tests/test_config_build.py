@@ -58,3 +58,28 @@ def test_benign_fraction_was_removed(tmp_path):
     for args in ((str(recipe), []), (None, ["data.benign_fraction=0.5"])):
         with pytest.raises(ValueError, match="'data.benign_fraction' was removed"):
             load_config(*args)
+
+
+def test_training_prompts_may_have_a_tighter_token_cap_than_evaluation_prompts():
+    from transformers import AutoTokenizer
+
+    from conftest import SHARED_DATA
+    from rbr_rlhf.models import resolve_model
+    from rbr_rlhf.ppo.prompts import load_prompts
+    from rbr_rlhf.rollout.types import chat_prompt_ids
+    from rbr_rlhf.rules import load_rules
+
+    if not (SHARED_DATA / "rbr_gold" / "train.jsonl").exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+    rules = load_rules("default")
+    n_tokens = lambda r: len(chat_prompt_ids(tok, r["conversation"]))  # noqa: E731
+    cfg = load_config("smollm2-135m-cpu", [f"data.safety_prompts={SHARED_DATA}/rbr_gold/train.jsonl",
+                                           f"data.eval_prompts={SHARED_DATA}/rbr_gold/test.jsonl", "data.xstest=null",
+                                           "data.max_train_prompt_tokens=100", "data.eval_limit=200"])
+    train, evaluation = load_prompts(cfg, rules, tok)
+    assert train and max(map(n_tokens, train)) <= 100
+    assert 100 < max(map(n_tokens, evaluation)) <= cfg.data.max_prompt_tokens
+    cfg = load_config("smollm2-135m-cpu", [f"data.safety_prompts={SHARED_DATA}/rbr_gold/train.jsonl", "data.eval_prompts=null",
+                                           "data.xstest=null", "data.max_train_prompt_tokens=null"])
+    assert 100 < max(map(n_tokens, load_prompts(cfg, rules, tok)[0])) <= cfg.data.max_prompt_tokens

@@ -148,6 +148,7 @@ class DataConfig:
     safety_prompts: Optional[str] = None   # prompts with category/response type (JSONL...)
     benign_prompts: Optional[str] = None   # prompts with no safety response type (R = R_rm)
     max_prompt_tokens: int = 256      # longer (chat-templated) prompts are left out
+    max_train_prompt_tokens: Optional[int] = None  # a tighter cap for training prompts only (null: max_prompt_tokens)
     eval_prompts: Optional[str] = None     # held-out prompts with categories (safety metrics)
     eval_limit: int = 32              # held-out prompts evaluated
     xstest: Optional[str] = None           # xstest_prompts.csv
