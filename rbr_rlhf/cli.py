@@ -4,8 +4,8 @@ Each area of the library registers its own subcommands (``register(subparsers)``
 this file only assembles them, so a newcomer finds a command's code next to the code it drives. Heavy
 imports (torch, vLLM) happen inside the handlers, so ``rbr-rlhf --help`` is instant.
 
-The shape is ``rbr-rlhf GROUP VERB`` (``rm train``, ``grader serve``, ``rbr build``, ...) with three
-top-level verbs for the main job: ``train``, ``eval`` and ``config-reference``. A package adds a verb to a
+The shape is ``rbr-rlhf GROUP VERB`` (``rm train``, ``grader serve``, ``rbr build``, ...) with four
+top-level verbs for the main job: ``train``, ``sft``, ``eval`` and ``config-reference``. A package adds a verb to a
 group with :func:`group`, so two packages can share one (``rbr build`` lives in ``pipeline/``). The
 spellings of earlier releases (``train-rm``, ``serve-grader``, ...) are hidden aliases listed in
 :data:`DEPRECATED`: they run the same command and print one line on stderr. Every parser gets
@@ -32,13 +32,15 @@ COMMAND_MODULES = [
     "rbr_rlhf.adaptive.cli",   # adaptive check|split|score|train-adapter|agreement
     "rbr_rlhf.rollout.cli",    # rollout serve
     "rbr_rlhf.ppo.cli",        # train
+    "rbr_rlhf.sft.cli",        # sft
+    "rbr_rlhf.experiment.cli", # experiment run|slurm|table
     "rbr_rlhf.evaluation.cli", # eval
     "rbr_rlhf.launch.cli",     # launch slurm|local|prepare|template
     "rbr_rlhf.configref",      # config-reference
 ]
 
 # Commands that stand alone at the top level; every other command is GROUP VERB.
-TOP_LEVEL = ("train", "eval", "config-reference")
+TOP_LEVEL = ("train", "sft", "eval", "config-reference")
 
 # Old spelling -> new spelling. Kept for one release: they work and warn on stderr.
 DEPRECATED = {

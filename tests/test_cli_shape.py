@@ -16,7 +16,7 @@ from rbr_rlhf.cli import DEPRECATED, TOP_LEVEL, build_parser, main, subcommands,
 PARSER = build_parser()
 COMMANDS = dict(walk(PARSER))  # ("rm", "train") -> its parser; groups and leaves, aliases not listed
 LEAVES = {path: p for path, p in COMMANDS.items() if subcommands(p) is None}
-GROUPS = {"rules", "grader", "rbr", "prompts", "rm", "adaptive", "rollout", "launch"}
+GROUPS = {"rules", "grader", "rbr", "prompts", "rm", "adaptive", "rollout", "launch", "experiment"}
 
 
 def test_every_command_is_a_group_verb_or_a_top_level_verb():

@@ -352,8 +352,19 @@ def reward_columns(reward_fn, rows: list[dict], resamples: int = bootstrap.RESAM
     scored = reward_fn([r["conversation"] for r in rows], [r["completion"] for r in rows],
                        [r.get("category") for r in rows], update_stats=False)
     total = scored.raw_total if getattr(scored, "raw_total", None) is not None else scored.total
-    return {"r_rm": bootstrap.mean(scored.r_rm, resamples, seed), "r_rbr": bootstrap.mean(scored.r_rbr, resamples, seed + 1),
-            "total": bootstrap.mean(total, resamples, seed + 2)}
+    out = {"r_rm": bootstrap.mean(scored.r_rm, resamples, seed), "r_rbr": bootstrap.mean(scored.r_rbr, resamples, seed + 1),
+           "total": bootstrap.mean(total, resamples, seed + 2)}
+    # R_rm on the prompts a model should answer (should_comply response types, XSTest's safe prompts): how
+    # helpful the answers look to the reward model, away from the safety prompts where refusing is right.
+    sem = getattr(getattr(reward_fn, "rules", None), "evaluation", None)
+    if sem is not None:
+        benign = [i for i, r in enumerate(rows) if r.get("xstest") == "safe" or
+                  (not r.get("xstest") and r.get("response_type") in sem.should_comply)]
+        if benign:
+            out["r_rm_benign"] = bootstrap.mean(np.asarray(scored.r_rm)[benign], resamples, seed + 3)
+    if getattr(scored, "r_safety", None) is not None:
+        out["r_safety"] = bootstrap.mean(scored.r_safety, resamples, seed + 4)
+    return out
 
 
 # ---------------------------------------------------------------------------- rendering

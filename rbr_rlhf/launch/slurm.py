@@ -127,9 +127,10 @@ def render(context: dict) -> str:
     return env.from_string(Path(context.get("template") or TEMPLATE).read_text()).render(**context)
 
 
-def submit(script: Path, env: dict | None = None) -> str:
-    """``sbatch --parsable SCRIPT``; returns the job id."""
-    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env)
+def submit(script: Path, env: dict | None = None, dependency: str | None = None) -> str:
+    """``sbatch --parsable [--dependency=DEP] SCRIPT``; returns the job id."""
+    dep = [f"--dependency={dependency}"] if dependency else []
+    out = subprocess.run(["sbatch", "--parsable", *dep, str(script)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"sbatch failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     return out.stdout.strip().split(";")[0]

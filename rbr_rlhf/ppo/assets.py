@@ -1,7 +1,7 @@
 """The assets a recipe caches, built on first use (rank 0): ``rbr-rlhf train`` and ``launch prepare``.
 
 Each ``ensure_*`` returns at once when its asset exists at the path the recipe names, so a second run
-reuses it: the helpful reward model, the policy's own answers to unsafe prompts, the classifier grader,
+reuses it: the helpful reward model (and Human-PPO's safety reward model), the policy's own answers to unsafe prompts, the classifier grader,
 the evaluation judge, and the RBR weights (``rbr build``). ``engine``, when given, is the run's rollout
 engine: assets that need the policy's writing go through it instead of loading a second copy.
 """
@@ -34,6 +34,7 @@ def build_assets(cfg: TrainConfig, rules, engine=None, clock=None) -> Assets:
     clock = clock or PhaseClock(quiet=True)
     memos: dict = {}  # the grader's and the judge's sentence features of the rows they share
     rm = ensure_reward_model(cfg)
+    ensure_safety_reward_model(cfg)
     with clock("assets/grader"):
         grader = ensure_grader(cfg, rules, engine, memos) if cfg.rbr.enabled else None
     with clock("assets/judge"):
@@ -55,21 +56,32 @@ def rbr_weights_fingerprint(path: str | None, rules) -> str | None:
 
 
 def ensure_reward_model(cfg: TrainConfig) -> str:
-    path = cfg.reward_model.path
+    """The helpful reward model (``reward_model``), trained on first use."""
+    return _ensure_rm(cfg.reward_model.path, cfg.reward_model.build, "reward_model", "the helpful reward model")
+
+
+def ensure_safety_reward_model(cfg: TrainConfig) -> str | None:
+    """Human-PPO's safety reward model (``safety_reward_model``), trained on first use; None when unset."""
+    if not cfg.safety_reward_model.path:
+        return None
+    return _ensure_rm(cfg.safety_reward_model.path, cfg.safety_reward_model.build, "safety_reward_model",
+                      "the safety reward model")
+
+
+def _ensure_rm(path: str | None, b, key: str, what: str) -> str:
     if path and (Path(path) / "config.json").exists():
         return path
-    b = cfg.reward_model.build
     if not b.data:
-        raise FileNotFoundError(f"reward model {path!r} not found and reward_model.build.data is not set")
+        raise FileNotFoundError(f"{key} {path!r} not found and {key}.build.data is not set")
     from ..rm.text import load_pairs
     from ..rm.train import RMTrainConfig, split_pairs, train_reward_model
 
-    print(f"[assets] training the helpful reward model -> {path} (first use)", flush=True)
+    print(f"[assets] training {what} -> {path} (first use)", flush=True)
     pairs = load_pairs(b.data, b.limit)
     train, held = split_pairs(pairs, b.eval_fraction)
     settings = {k: v for k, v in asdict(b).items() if k not in ("data", "limit", "eval_fraction")}
-    info = train_reward_model(train, path, RMTrainConfig(**settings), held, {"labels": "original"})
-    print(f"[assets] reward model held-out pairwise accuracy {info.get('eval_accuracy')}", flush=True)
+    info = train_reward_model(train, path, RMTrainConfig(**settings), held, {"labels": "original", "data": str(b.data)})
+    print(f"[assets] {what}: held-out pairwise accuracy {info.get('eval_accuracy')}", flush=True)
     return path
 
 

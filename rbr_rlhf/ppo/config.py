@@ -56,6 +56,15 @@ class RewardModelConfig:
 
 
 @dataclass
+class SafetyRewardModelConfig:
+    """Human-PPO's second reward model, trained on people's safety preferences (e.g. the HH-RLHF harmless
+    pairs): R = R_rm + weight * R_safety_rm on safety prompts (docs/experiment.md). Null path: none."""
+    path: Optional[str] = None        # a sequence-classification directory; built by `build` below when missing
+    weight: float = 1.0               # its weight on safety prompts
+    build: RewardModelBuild = field(default_factory=RewardModelBuild)
+
+
+@dataclass
 class UnsafeAnswersBuild:
     """The policy's own labelled answers to unsafe prompts (``grader.realdata.ensure_generated``)."""
     path: Optional[str] = None        # JSONL cache of the answers; null: none
@@ -160,6 +169,7 @@ class DataConfig:
 class EvaluationConfig:
     """The before/after safety evaluation (``rbr-rlhf eval``'s code); prompts come from ``data.eval_*``/``data.xstest*``."""
     judge: Optional[str] = None       # grader spec of the judge, independent of the reward (null: the reward's grader, with a warning)
+    before: bool = True               # also evaluate the starting policy (false: after training only, e.g. experiment arms sharing one start)
     build_judge: dict = field(default_factory=dict)   # train_judge settings, used when the judge classifier:PATH is missing
     max_tokens: Optional[int] = None  # new tokens per evaluation completion (null: rollout.max_tokens)
     resamples: int = 1000             # bootstrap resamples of each 95% interval
@@ -262,6 +272,7 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    safety_reward_model: SafetyRewardModelConfig = field(default_factory=SafetyRewardModelConfig)
     rbr: RBRConfig = field(default_factory=RBRConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -76,6 +76,10 @@ def preflight(cfg) -> list[str]:
     rm = cfg.reward_model.path
     if not (rm and (Path(rm) / "config.json").exists()) and not cfg.reward_model.build.data:
         raise ValueError(f"reward_model.path: {rm!r} is not a model directory and reward_model.build.data is not set")
+    srm = cfg.safety_reward_model.path
+    if srm and not (Path(srm) / "config.json").exists() and not cfg.safety_reward_model.build.data:
+        raise ValueError(f"safety_reward_model.path: {srm!r} is not a model directory and "
+                         "safety_reward_model.build.data is not set")
 
     if not cfg.rbr.enabled:
         return warnings

@@ -46,8 +46,8 @@ class Rollout:
 
 @dataclass(frozen=True)
 class Reward:
-    """One completion's reward: total = R_rm + w * R_rbr (safety prompts) or R_rm, after normalisation
-    and clipping when the recipe asks for them."""
+    """One completion's reward: total = R_rm + w * R_rbr (+ w_s * R_safety_rm) on safety prompts or R_rm,
+    after normalisation and clipping when the recipe asks for them."""
 
     r_rm: float
     r_rbr: float | None                  # None where the RBR does not apply
@@ -56,6 +56,7 @@ class Reward:
     response_type: str | None = None     # the response type the RBR graded with
     top_class: str | None = None         # the most probable completion class
     refused: bool | None = None          # should-comply prompts: did it refuse (rule-set semantics)
+    r_safety: float | None = None        # Human-PPO's safety reward model, where it applies (safety prompts)
 
 
 @dataclass

@@ -18,7 +18,8 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path:
     def series(key):
         return [r.get(key) if r.get(key) is not None else float("nan") for r in rows]
 
-    panels = [("rewards", ["reward/total", "reward/rm", "reward/rbr"]),
+    panels = [("rewards", ["reward/total", "reward/rm", "reward/rbr"]
+                              + (["reward/safety_rm"] if any(r.get("reward/safety_rm") is not None for r in rows) else [])),
               ("KL", ["kl/sequence_mean", "kl/coef"]),
               ("safety", ["safety/refusal_rate_comply"] + sorted({k for r in rows for k in r if k.startswith("classes/hard_refuse/")})),
               ("losses", ["policy/loss", "value/loss", "policy/clipfrac"])]

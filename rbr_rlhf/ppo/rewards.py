@@ -1,5 +1,8 @@
 """The PPO reward: R = R_rm + w * R_rbr on safety prompts, R = R_rm elsewhere.
 
+Human-PPO (docs/experiment.md) adds a second reward model trained on people's safety preferences instead
+of (or beside) the RBR: R = R_rm + w_s * R_safety_rm (+ w * R_rbr) on safety prompts.
+
 R_rm comes from the helpful reward model (``RewardModel.reward``); R_rbr from the grader service
 (``GraderClient.rbr_scores``, one ``RBRScore`` per completion), which also returns each completion's class probabilities, logged per response type. A grader
 failure raises: a missing RBR term is never replaced by zero.
@@ -57,18 +60,24 @@ class ScoredBatch:
     extras: list[RBRScore | None] = field(default_factory=list)
     raw_total: np.ndarray | None = None  # R_rm + w * R_rbr before normalisation and clipping
     safety: list[bool] = field(default_factory=list)  # safety prompt (the RBR term applies)?
+    r_safety: np.ndarray | None = None  # R_safety_rm, nan where it does not apply (None: no safety RM)
 
     def records(self) -> list[Reward]:
         """One typed ``Reward`` per completion."""
+        def safety_rm(i):
+            return None if self.r_safety is None or math.isnan(self.r_safety[i]) else float(self.r_safety[i])
+
         return [Reward(float(self.r_rm[i]), None if math.isnan(self.r_rbr[i]) else float(self.r_rbr[i]),
                        float(self.total[i]), bool(self.safety[i]) if self.safety else False, self.response_types[i],
-                       self.top_classes[i], self.refused[i]) for i in range(len(self.total))]
+                       self.top_classes[i], self.refused[i], safety_rm(i)) for i in range(len(self.total))]
 
 
 class RewardFunction:
     def __init__(self, rules: RuleSet, reward_model, rbr: RBRScorer | None, rbr_weight: float = 1.0,
-                 benign_categories: Sequence[str] = ("None",), normalize: bool = False, clip: float | None = None):
+                 benign_categories: Sequence[str] = ("None",), normalize: bool = False, clip: float | None = None,
+                 safety_rm=None, safety_weight: float = 1.0):
         self.rules, self.rm, self.rbr = rules, reward_model, rbr
+        self.safety_rm, self.safety_weight = safety_rm, safety_weight  # Human-PPO's second reward model
         self.rbr_weight, self.benign = rbr_weight, set(benign_categories)
         self.normalize, self.clip = normalize, clip
         self.moments = RunningMoments()
@@ -103,7 +112,15 @@ class RewardFunction:
                 if rts[i] in self._comply_types and self._refusal_props <= set(probs):
                     refused[i] = self.rules.formula_probability(self._refusal, probs) >= 0.5
                 extras[i] = res
+        r_safety = None
+        if self.safety_rm is not None:
+            r_safety = np.full(len(completions), math.nan)
+            if safety:
+                r_safety[safety] = np.asarray(self.safety_rm.reward([conversations[i] for i in safety],
+                                                                    [completions[i] for i in safety]), dtype=np.float64)
         total = raw_total = r_rm + self.rbr_weight * np.nan_to_num(r_rbr, nan=0.0)
+        if r_safety is not None:
+            total = raw_total = total + self.safety_weight * np.nan_to_num(r_safety, nan=0.0)
         if self.normalize:
             if update_stats:
                 self.moments.update(total)
@@ -113,4 +130,4 @@ class RewardFunction:
         is_safety = [False] * len(completions)
         for i in safety:
             is_safety[i] = True
-        return ScoredBatch(r_rm, r_rbr, total, rts, classes, refused, extras, raw_total, is_safety)
+        return ScoredBatch(r_rm, r_rbr, total, rts, classes, refused, extras, raw_total, is_safety, r_safety)

@@ -4,9 +4,10 @@
   2. assets     rank 0 builds what is missing (helpful RM, classifier grader, evaluation judge, RBR
                 weights; each cached at the path the recipe names), with the rollout engine up so the
                 policy writes what needs its writing; then the grader service starts
-  3. trainer    the reward (R_rm + w * R_rbr), the prompts, PPOTrainer (DeepSpeed actor and critic);
+  3. trainer    the reward (R_rm + w * R_rbr, + R_safety_rm for Human-PPO), the prompts, PPOTrainer (DeepSpeed actor and critic);
                 resumed from a checkpoint when asked
-  4. evaluate   the policy before training, by the recipe's judge
+  4. evaluate   the policy before training, by the recipe's judge (kept in RUN_DIR/eval-before.json, so
+                a resumed run still reports it)
   5. train      PPO steps (ppo/trainer.py: rollout -> reward -> update -> weight sync), checkpoints,
                 a stop request honoured between steps (SLURM's signals or RUN_DIR/STOP)
   6. finish     the policy after training, the exported policy, report.png and summary.json
@@ -17,6 +18,7 @@ Rank 0 drives rollouts, scoring and evaluation; every rank trains on its shard. 
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ def train(cfg: TrainConfig) -> dict:
     from ..rm.model import RewardModel
     from ..rules import load_rules
     from . import checkpoint as ckpt
-    from .assets import build_assets, ensure_reward_model, rbr_weights_fingerprint
+    from .assets import build_assets, ensure_reward_model, ensure_safety_reward_model, rbr_weights_fingerprint
     from .distributed import barrier, init_distributed, rank_and_world
     from .evaluate import RunEvaluation
     from .prompts import load_prompts
@@ -58,6 +60,7 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             with clock("reward_model"):
                 ensure_reward_model(cfg)
+                ensure_safety_reward_model(cfg)
             with clock("rollout_server"):
                 services.start_rollout()
             with clock("assets"):
@@ -69,8 +72,10 @@ def train(cfg: TrainConfig) -> dict:
         # 3. the reward, the prompts, the trainer
         weights_fp = rbr_weights_fingerprint(cfg.rbr.weights if cfg.rbr.enabled else None, rules)
         rm_path = cfg.reward_model.path
+        safety_rm = RewardModel(cfg.safety_reward_model.path) if rank == 0 and cfg.safety_reward_model.path else None
         reward_fn = RewardFunction(rules, RewardModel(rm_path) if rank == 0 else None, services.rbr, cfg.rbr.weight,
-                                   cfg.rbr.benign_categories, cfg.ppo.reward_norm, cfg.ppo.reward_clip)
+                                   cfg.rbr.benign_categories, cfg.ppo.reward_norm, cfg.ppo.reward_clip,
+                                   safety_rm, cfg.safety_reward_model.weight)
         tokenizer = AutoTokenizer.from_pretrained(policy_path)
         prompts, eval_rows = load_prompts(cfg, rules, tokenizer)
         trainer = PPOTrainer(cfg, rules, services.engine, reward_fn, prompts, tokenizer, policy_path, rm_path, weights_fp)
@@ -86,9 +91,14 @@ def train(cfg: TrainConfig) -> dict:
 
         # 4. evaluate before training
         evaluation = RunEvaluation(cfg, rules, eval_rows) if rank == 0 and cfg.eval_before_after and eval_rows else None
-        if evaluation is not None and trainer.step == 0:
-            with clock("eval_before"):
-                summary["before"] = evaluation.run("before", services.engine, reward_fn)
+        before_file = run_dir / "eval-before.json"
+        if evaluation is not None and cfg.evaluation.before:
+            if trainer.step == 0:
+                with clock("eval_before"):
+                    summary["before"] = evaluation.run("before", services.engine, reward_fn)
+                before_file.write_text(json.dumps(summary["before"], default=float))
+            elif before_file.exists():  # resumed: the start was evaluated by the first attempt
+                summary["before"] = json.loads(before_file.read_text())
 
         # 5. train
         bar = tqdm(total=cfg.total_steps, initial=trainer.step, desc="RBR-PPO", unit="step", file=sys.stderr,

@@ -117,7 +117,8 @@ class PPOTrainer:
         self.rank, self.world = rank_and_world()
         self.run_dir = Path(cfg.run_dir)
         self.identity = {"rules_fingerprint": rules.fingerprint, "policy": policy_path,
-                         "reward_model": reward_model_path, "rbr_weights": rbr_weights_fingerprint}
+                         "reward_model": reward_model_path, "rbr_weights": rbr_weights_fingerprint,
+                         "safety_reward_model": cfg.safety_reward_model.path}
         torch.manual_seed(cfg.seed)
         n_samples = cfg.ppo.prompts_per_step * cfg.rollout.samples_per_prompt
         if n_samples % self.world or (n_samples // self.world) % cfg.ppo.minibatch_size:
@@ -287,8 +288,10 @@ class PPOTrainer:
     def _metrics(self, scored: ScoredRollout, stats, mean_kl, seq_kl, logprob_gap, timings) -> dict:
         rewards, rollout = scored.rewards, scored.rollout
         r_rbr = [r.r_rbr for r in rewards if r.r_rbr is not None]
+        r_safety = [r.r_safety for r in rewards if r.r_safety is not None]
         m = {"step": self.step, "reward/total": float(np.mean(scored.scores)), "reward/rm": float(np.mean([r.r_rm for r in rewards])),
              "reward/rbr": float(np.mean(r_rbr)) if r_rbr else None, "reward/rbr_fraction": len(r_rbr) / len(rewards),
+             "reward/safety_rm": float(np.mean(r_safety)) if r_safety else None,
              "kl/token_mean": mean_kl, "kl/sequence_mean": seq_kl, "kl/coef": self.kl_ctl.value,
              "logprob_gap/engine_vs_trainer": logprob_gap, "rollout/response_tokens": float(np.mean([len(r) for r in rollout.response_ids])),
              "weight_version": self.weight_version, "lr": self.actor.get_lr()[0]}

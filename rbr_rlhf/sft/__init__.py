@@ -1,0 +1,1 @@
+"""Supervised fine-tuning of the policy (``rbr-rlhf sft``): the warm start PPO begins from."""
