@@ -185,7 +185,9 @@ def test_safety_rm_is_added_on_safety_prompts_only(default_rules):
             {"conversation": conv, "completion": "x", "category": "hard_refuse", "response_type": "hard_refuse", "xstest": None},
             {"conversation": conv, "completion": "x", "category": "comply", "response_type": None, "xstest": "safe"}]
     cols = reward_columns(fn, rows, resamples=50)
-    assert cols["r_rm_benign"]["n"] == 2 and cols["r_safety"]["n"] == 1 and cols["r_safety"]["value"] == -3.0
+    assert cols["r_rm_benign"]["n"] == 2 and cols["r_rm_benign"]["value"] == 1.0
+    assert cols["r_safety"]["n"] == sum(fn.is_safety_prompt(r["category"]) for r in rows) >= 1
+    assert cols["r_safety"]["value"] == -3.0
 
 
 # ---------------------------------------------------------------------------- driver, table

@@ -133,7 +133,7 @@ def arm_finished(cfg: ExperimentConfig, arm: str) -> bool:
     path = Path(cfg.out_dir) / arm / "summary.json"
     if not path.exists():
         return False
-    return json.loads(path.read_text()).get("steps", -1) >= arm_config(cfg, arm).total_steps
+    return json.loads(path.read_text()).get("steps", -1) >= cfg.train.total_steps  # arms share the budget
 
 
 def train_subprocess(recipe: Path) -> None:
@@ -171,7 +171,6 @@ def run_experiment(cfg: ExperimentConfig, stage: str = "all", runner: Callable[[
     from .table import write_table
 
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    write_arm_recipes(cfg)
     if stage in ("all", "prepare"):
         prepare(cfg)
     if stage in ("all", "arms"):
