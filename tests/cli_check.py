@@ -1,7 +1,7 @@
 """Check a documented ``rbr-rlhf ...`` command against the real CLI: the argparse parser accepts it, and for
 ``train``/``launch`` the recipe exists and every ``key=value`` override is a schema key of the right type
-(``load_config``). Synopsis notation is read the way a person reads it: ``[--json]`` is included, ``a|b``
-takes ``a``, ``...`` and the placeholder ``key=value`` are dropped, ``RECIPE`` is the CPU recipe, ``N`` is 2."""
+(``load_config``; for ``experiment``, ``load_experiment``). Synopsis notation is read the way a person reads it: ``[--json]`` is included, ``a|b``
+takes ``a``, ``...`` and the placeholder ``key=value`` are dropped, ``RECIPE`` and ``EXPERIMENT`` are the CPU ones, ``N`` is 2."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def normalize(tokens: list[str]) -> list[str]:
             continue
         if "|" in tok and "=" not in tok and not tok.startswith("--"):
             tok = tok.split("|")[0]
-        out.append({"RECIPE": "smollm2-135m-cpu", "N": "2"}.get(tok, tok))  # placeholders
+        out.append({"RECIPE": "smollm2-135m-cpu", "EXPERIMENT": "smollm2-135m-cpu", "N": "2"}.get(tok, tok))  # placeholders
     return out
 
 
@@ -51,6 +51,13 @@ def check(command: str) -> None:
         if e.code not in (0, None):
             raise AssertionError(f"{command!r}: the CLI rejects it: {err.getvalue().strip()}") from None
         return
+    if hasattr(args, "experiment") and hasattr(args, "overrides"):  # rbr-rlhf experiment ...: the experiment loads
+        from rbr_rlhf.experiment.config import load_experiment
+
+        try:
+            load_experiment(args.experiment, list(args.overrides))
+        except (ValueError, FileNotFoundError) as e:
+            raise AssertionError(f"{command!r}: {e}") from None
     if hasattr(args, "recipe") and hasattr(args, "overrides"):
         from rbr_rlhf.ppo.config import load_config
 

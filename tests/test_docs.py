@@ -46,6 +46,7 @@ def test_checker_catches_bad_commands():
     for bad in ("rbr-rlhf trian smollm2-135m-cpu", "rbr-rlhf train no-such-recipe",
                 "rbr-rlhf train smollm2-135m-cpu ppo.learning_rate=1", "rbr-rlhf train smollm2-135m-cpu total_steps=many",
                 "rbr-rlhf launch slurm smollm2-135m-cpu --nodes two", "rbr-rlhf grader eval --rules default",
+                "rbr-rlhf experiment run smollm2-135m-cpu sft.epoch=3", "rbr-rlhf experiment table no-such-experiment",
                 f"rbr-rlhf {next(iter(DEPRECATED))} --data p.jsonl --out rm"):  # an old spelling: works, but not in docs
         with pytest.raises(AssertionError):
             check(bad)
