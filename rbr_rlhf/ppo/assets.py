@@ -1,8 +1,8 @@
 """The assets a recipe caches, built on first use (rank 0): ``rbr-rlhf train`` and ``launch prepare``.
 
 Each ``ensure_*`` returns at once when its asset exists at the path the recipe names, so a second run
-reuses it: the helpful reward model (and Human-PPO's safety reward model), the policy's own answers to unsafe prompts, the classifier grader,
-the evaluation judge, and the RBR weights (``rbr build``). ``engine``, when given, is the run's rollout
+reuses it: the helpful reward model (and Human-PPO's safety reward model), the policy's own answers to
+unsafe prompts, the classifier grader, the evaluation judge, and the RBR weights (``rbr build``). ``engine``, when given, is the run's rollout
 engine: assets that need the policy's writing go through it instead of loading a second copy.
 """
 

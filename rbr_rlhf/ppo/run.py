@@ -4,8 +4,8 @@
   2. assets     rank 0 builds what is missing (helpful RM, classifier grader, evaluation judge, RBR
                 weights; each cached at the path the recipe names), with the rollout engine up so the
                 policy writes what needs its writing; then the grader service starts
-  3. trainer    the reward (R_rm + w * R_rbr, + R_safety_rm for Human-PPO), the prompts, PPOTrainer (DeepSpeed actor and critic);
-                resumed from a checkpoint when asked
+  3. trainer    the reward (R_rm + w * R_rbr, + R_safety_rm for Human-PPO), the prompts, PPOTrainer
+                (DeepSpeed actor and critic); resumed from a checkpoint when asked
   4. evaluate   the policy before training, by the recipe's judge (kept in RUN_DIR/eval-before.json, so
                 a resumed run still reports it)
   5. train      PPO steps (ppo/trainer.py: rollout -> reward -> update -> weight sync), checkpoints,
