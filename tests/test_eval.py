@@ -386,7 +386,7 @@ def test_ensure_judge_builds_a_missing_classifier_judge(tmp_path, monkeypatch, d
     assert ensure_judge(cfg(f"evaluation.judge=classifier:{judge}"), default_rules) == f"classifier:{judge}"
     assert calls == []  # no build settings: nothing to build (loading it later names the missing path)
     spec = ensure_judge(cfg(f"evaluation.judge=classifier:{judge}", "evaluation.build_judge.limit=5"), default_rules)
-    assert spec == f"classifier:{judge}" and calls == [("default", str(judge), {"limit": 5})]
+    assert spec == f"classifier:{judge}" and calls == [("default", str(judge), {"limit": 5, "feature_memos": None})]
     judge.mkdir()
     (judge / "grader_config.json").write_text("{}")
     ensure_judge(cfg(f"evaluation.judge=classifier:{judge}", "evaluation.build_judge.limit=5"), default_rules)
