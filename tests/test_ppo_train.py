@@ -70,19 +70,17 @@ def test_phase_clock_adds_up_repeated_phases(capsys):
 
 
 def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
-    """4 steps straight vs: kill -9 of the whole run while step 3's checkpoint is being written, resume=auto
-    (the torn checkpoint is skipped, step 2 is the newest whole one), steps 3-4 again: the per-step
-    metrics agree. Then a resume with another reward model is refused, and in one more resumed step the
-    grader service is killed: the run stops with a clear error and writes no metrics (no zero reward)."""
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    p = launch(run_args(tiny_assets, straight, "total_steps=4"), tmp_path / "straight.log")
-    assert p.wait(timeout=900) == 0, (tmp_path / "straight.log").read_text()[-3000:]
-
+    """Kill -9 of the whole run while step 4's checkpoint is being written (checkpoints every 2 steps),
+    resume=auto (the torn checkpoint is skipped, step 2 is the newest whole one), steps 3-4 again: their
+    metrics agree with the killed run's own steps 3-4, which it ran uninterrupted before the kill. Then a
+    resume with another reward model is refused (before any service starts), and in one more resumed step
+    the grader service is killed: the run stops with a clear error and writes no metrics (no zero reward)."""
+    resumed = tmp_path / "resumed"
     log = tmp_path / "killed.log"
-    p = launch(run_args(tiny_assets, resumed, "total_steps=4"), log)
+    p = launch(run_args(tiny_assets, resumed, "total_steps=4", "checkpoint.every=2"), log)
     ckpts = resumed / "checkpoints"
     try:
-        wait_for(lambda: (ckpts / ".tmp-step-3" / "actor").exists(), p, log, interval=0.02)
+        wait_for(lambda: (ckpts / ".tmp-step-4" / "actor").exists(), p, log, interval=0.02)
         services = children(p.pid)  # the grader service (its own session, so killpg does not reach it)
         assert services
         kill_group(p.pid)  # kill -9 of the trainer, mid-write
@@ -93,19 +91,22 @@ def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
     while any(alive(c) for c in services):
         assert time.time() < deadline, f"services {services} outlived the killed trainer"
         time.sleep(0.5)
-    assert (ckpts / "step-2" / "COMPLETE").exists() and not (ckpts / "step-3").exists(), list(ckpts.iterdir())
-    assert (ckpts / ".tmp-step-3").exists()  # torn: killed mid-write
+    assert (ckpts / "step-2" / "COMPLETE").exists() and not (ckpts / "step-4").exists(), list(ckpts.iterdir())
+    assert (ckpts / ".tmp-step-4").exists()  # torn: killed mid-write
+    a = metrics(resumed)  # the uninterrupted steps 1-4 (each step's line is written before its checkpoint)
+    assert sorted(a) == [1, 2, 3, 4]
 
     log = tmp_path / "resume.log"
-    p = launch(run_args(tiny_assets, resumed, "total_steps=4", "resume=auto"), log)
+    p = launch(run_args(tiny_assets, resumed, "total_steps=4", "checkpoint.every=2", "resume=auto"), log)
     assert p.wait(timeout=900) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "skipping torn checkpoint" in text and "resumed from" in text and "checkpoints/step-2" in text
-    a, b = metrics(straight), metrics(resumed)
+    assert "dropped 2 line(s) after step 2" in text  # the killed run's lines of steps 3-4, redone below
+    b = metrics(resumed)
     lines = (resumed / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]  # the killed run's step 3 line was dropped
+    assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]
     for step in (3, 4):
-        for key in ("reward/total", "reward/rm", "kl/sequence_mean", "policy/loss", "value/loss", "kl/coef"):
+        for key in ("reward/total", "reward/rm", "kl/sequence_mean", "policy/loss", "value/loss", "kl/coef", "lr"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
     assert b[4]["weight_version"] == a[4]["weight_version"] == 4
 
@@ -117,6 +118,7 @@ def test_resume_after_kill_is_exact(tiny_assets, tmp_path):
     assert p.wait(timeout=900) != 0
     text = log.read_text()
     assert "resume refused" in text and "reward_model" in text, text[-3000:]
+    assert "starting the grader service" not in text  # refused before any service starts or model loads
 
     # The grader service dies after the resume: step 5 cannot be scored; the client retries, then the run
     # stops with a clear error, and no metrics line (no zero reward in its place) is written for step 5.

@@ -78,3 +78,21 @@ def latest(run_dir: Path) -> Path | None:
 
 def read_manifest(ckpt: Path) -> dict:
     return json.loads((ckpt / MARKER).read_text())
+
+
+def run_identity(rules, policy_path: str, reward_model_path: str | None, rbr_weights_fingerprint: str | None,
+                 safety_reward_model_path: str | None) -> dict:
+    """What a checkpoint was trained with (its manifest holds it; a resume must match it)."""
+    return {"rules_fingerprint": rules.fingerprint, "policy": policy_path,
+            "reward_model": reward_model_path, "rbr_weights": rbr_weights_fingerprint,
+            "safety_reward_model": safety_reward_model_path}
+
+
+def check_identity(ckpt: Path, identity: dict) -> None:
+    """Refuse a checkpoint made with another rule set, policy, reward model or RBR weights than ``identity``."""
+    manifest = read_manifest(ckpt)
+    changed = sorted(k for k in identity if manifest.get(k) != identity[k])
+    if changed:
+        raise ValueError(f"checkpoint {ckpt} was made with a different {', '.join(changed)} "
+                         f"({ {k: manifest.get(k) for k in changed} } vs now { {k: identity[k] for k in changed} }); "
+                         "resume refused. Pass force_resume=true to resume anyway.")

@@ -54,6 +54,15 @@ def train(cfg: TrainConfig) -> dict:
     rules = load_rules(cfg.rbr.rules)
     policy_path = resolve_model(cfg.policy.model)
     summary: dict = {}
+    if cfg.resume and not cfg.force_resume:
+        # A resume that would be refused is refused now, before any service starts or model loads (when
+        # the assets it names exist already; the trainer checks again after they are built).
+        path = ckpt.latest(run_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        weights = cfg.rbr.weights if cfg.rbr.enabled else None
+        if path is not None and (path / ckpt.MARKER).exists() and (not weights or Path(weights).exists()):
+            ckpt.check_identity(path, ckpt.run_identity(rules, policy_path, cfg.reward_model.path,
+                                                        rbr_weights_fingerprint(weights, rules),
+                                                        cfg.safety_reward_model.path))
     with Services(cfg, rules, policy_path) as services:
         # 2. assets (rank 0), cached after the first run. The RM trains before the rollout server takes
         # memory; `rbr build` and the policy's answers to unsafe prompts write through the rollout server.

@@ -116,9 +116,8 @@ class PPOTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.rank, self.world = rank_and_world()
         self.run_dir = Path(cfg.run_dir)
-        self.identity = {"rules_fingerprint": rules.fingerprint, "policy": policy_path,
-                         "reward_model": reward_model_path, "rbr_weights": rbr_weights_fingerprint,
-                         "safety_reward_model": cfg.safety_reward_model.path}
+        self.identity = ckpt.run_identity(rules, policy_path, reward_model_path, rbr_weights_fingerprint,
+                                          cfg.safety_reward_model.path)
         torch.manual_seed(cfg.seed)
         n_samples = cfg.ppo.prompts_per_step * cfg.rollout.samples_per_prompt
         if n_samples % self.world or (n_samples // self.world) % cfg.ppo.minibatch_size:
@@ -357,12 +356,8 @@ class PPOTrainer:
         return ckpt.finalize(self.run_dir, self.step, {"step": self.step, **self.identity}, self.cfg.checkpoint.keep_last)
 
     def load_checkpoint(self, path: Path, force: bool = False) -> None:
-        manifest = ckpt.read_manifest(path)
-        changed = sorted(k for k in self.identity if manifest.get(k) != self.identity[k])
-        if changed and not force:
-            raise ValueError(f"checkpoint {path} was made with a different {', '.join(changed)} "
-                             f"({ {k: manifest.get(k) for k in changed} } vs now { {k: self.identity[k] for k in changed} }); "
-                             "resume refused. Pass force_resume=true to resume anyway.")
+        if not force:
+            ckpt.check_identity(path, self.identity)
         self.actor.load_checkpoint(str(path / "actor"), tag="state")
         self.critic.load_checkpoint(str(path / "critic"), tag="state")
         state = json.loads((path / "trainer_state.json").read_text())
