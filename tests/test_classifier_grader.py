@@ -8,7 +8,7 @@ import pytest
 from conftest import EXAMPLES
 from rbr_rlhf.cli import main
 from rbr_rlhf.grader.base import GradeItem, GraderError
-from rbr_rlhf.grader.classifier import ClassifierGrader, labels_matrix, train_classifier
+from rbr_rlhf.grader.classifier import ClassifierGrader, FeatureExtractor, labels_matrix, train_classifier
 from rbr_rlhf.grader.metrics import best_threshold, evaluate
 from rbr_rlhf.rules import FingerprintMismatch, load_rules
 
@@ -88,6 +88,18 @@ def test_custom_rule_set_end_to_end(tmp_path, capsys):
     # The default rule set refuses this grader.
     assert main(["rbr", "grade", "--grader", str(tmp_path / "g"), "--data", labels, "--limit", "1"]) == 2
     assert "fitted for rule set fingerprint" in capsys.readouterr().err
+
+
+def test_encoders_in_padded_batches_equal_one_text_at_a_time():
+    """MiniLM and the LM block run texts in padded batches sorted by length: every row's features are those
+    of the row alone, in the caller's order."""
+    items = [GradeItem.from_row(r) for r in finance_rows()[:6]]
+    texts = [it.completion for it in items]
+    assert len({len(t) for t in texts}) == len(texts)  # different lengths: the batches are padded
+    fe = FeatureExtractor(lm="smollm2")
+    np.testing.assert_allclose(fe._encode(texts), np.concatenate([fe._encode([t]) for t in texts]), atol=1e-5)
+    np.testing.assert_allclose(fe._lm_states(items), np.concatenate([fe._lm_states([it]) for it in items]),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

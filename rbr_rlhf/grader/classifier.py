@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CONFIG = "grader_config.json"
 ARRAYS = "grader.safetensors"
 LM_LAYERS = (10, 20, 30)
+LM_BATCH_ROWS, LM_BATCH_TOKENS = 16, 2048  # a batch of the LM block: at most this many rows and padded tokens
 C_GRID = (0.3, 1.0, 3.0, 10.0)
 N_CUES = 6  # refusal_cues() features (opening=True)
 
@@ -84,13 +85,37 @@ class FeatureExtractor:
             path = resolve_model(self.lm_name)
             self._lm = (AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path, dtype=torch.float32).eval())
         tok, model = self._lm
-        out = []
+        seqs = []
+        for it in items:
+            context = tok("User: " + _user_turn(it)[-600:] + "\nAssistant:", add_special_tokens=False)["input_ids"][-128:]
+            reply = tok(" " + (it.completion or "(empty response)"), add_special_tokens=False)["input_ids"][:256]
+            seqs.append((context, reply))
+        # Batches of similar length (right-padded, so a causal LM's states of the real tokens are those of
+        # the sequence alone): far less work than one forward pass per item, and little padding.
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+        out: list = [None] * len(seqs)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         with torch.inference_mode():
-            for it in items:
-                context = tok("User: " + _user_turn(it)[-600:] + "\nAssistant:", add_special_tokens=False)["input_ids"][-128:]
-                reply = tok(" " + (it.completion or "(empty response)"), add_special_tokens=False)["input_ids"][:256]
-                hidden = model(torch.tensor([context + reply]), output_hidden_states=True).hidden_states
-                out.append(np.concatenate([hidden[k][0, len(context):].mean(0).numpy() for k in LM_LAYERS]))
+            s = 0
+            while s < len(order):
+                longest = len(seqs[order[s]][0]) + len(seqs[order[s]][1])
+                e = s + 1
+                while e < len(order) and e - s < LM_BATCH_ROWS and \
+                        (e - s + 1) * (len(seqs[order[e]][0]) + len(seqs[order[e]][1])) <= LM_BATCH_TOKENS:
+                    e += 1
+                batch = order[s:e]
+                width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    n = len(seqs[i][0]) + len(seqs[i][1])
+                    ids[row, :n] = torch.tensor(seqs[i][0] + seqs[i][1])
+                    mask[row, :n] = 1
+                hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+                for row, i in enumerate(batch):
+                    a, b = len(seqs[i][0]), len(seqs[i][0]) + len(seqs[i][1])
+                    out[i] = np.concatenate([hidden[k][row, a:b].mean(0).numpy() for k in LM_LAYERS])
+                s = e
         return np.array(out)
 
     def _vectorizers(self):
