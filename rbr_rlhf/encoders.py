@@ -7,6 +7,20 @@ from typing import Sequence
 import numpy as np
 
 
+def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices in batches of similar length (sorted, shortest first): at most ``max_rows`` rows and, when
+    given, ``max_tokens`` padded tokens (rows x the batch's longest) each. A batch is padded to its longest
+    text, so sorting wastes little on padding."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batch and (len(batch) == max_rows or (max_tokens and (len(batch) + 1) * lengths[i] > max_tokens)):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + ([batch] if batch else [])
+
+
 class MeanPoolEncoder:
     def __init__(self, model: str = "minilm", max_length: int = 256, batch_size: int = 32, device: str = "cpu"):
         import torch
@@ -33,11 +47,9 @@ class MeanPoolEncoder:
         if not unique:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         ids = self.tokenizer(unique, truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
-        order = sorted(range(len(unique)), key=lambda i: len(ids[i]))
         vectors = np.zeros((len(unique), self.model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
-            for s in range(0, len(order), self.batch_size):
-                rows = order[s:s + self.batch_size]
+            for rows in length_batches([len(x) for x in ids], self.batch_size):
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).float()

@@ -28,5 +28,26 @@ def default_rules():
     return load_rules("default")
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A two-layer Llama with SmolLM2's tokenizer, saved as a policy directory. Head dim 64: vLLM's and
+    torch's CPU attention need 64 or more."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rbr_rlhf.models import resolve_model
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=1, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 # Session fixture shared by the end-to-end PPO test files (imported here so it is built once per session).
 from ppo_assets import tiny_assets  # noqa: E402,F401

@@ -24,3 +24,14 @@ def test_left_truncation_keeps_the_end():
     right, left = enc.encode([long]), enc.encode([long], truncation_side="left")
     assert not np.allclose(right, left)
     np.testing.assert_allclose(left, enc.encode(["alpha alpha the final words matter"], truncation_side="left"), atol=1e-5)
+
+
+def test_length_batches_respect_row_and_token_limits():
+    from rbr_rlhf.encoders import length_batches
+
+    lengths = [5, 1, 9, 3, 3, 7]
+    batches = length_batches(lengths, max_rows=2)
+    assert batches == [[1, 3], [4, 0], [5, 2]]
+    batches = length_batches(lengths, max_rows=4, max_tokens=12)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) * max(lengths[i] for i in b) <= 12 or len(b) == 1 for b in batches)

@@ -22,26 +22,6 @@ CPU = REPO / "experiments" / "smollm2-135m-cpu.yaml"
 GPU = REPO / "experiments" / "llama3-8b-gpu.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> str:
-    """A two-layer Llama with SmolLM2's tokenizer (head_dim 64), as tests/test_ppo_step.py builds it."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from rbr_rlhf.models import resolve_model
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=1, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 # ---------------------------------------------------------------------------- sft
 def test_sft_trains_lora_and_writes_a_merged_policy(tiny_llama, tmp_path):
     import torch

@@ -18,25 +18,6 @@ class LengthRM:
         return [len(c) / 20 for c in completions]
 
 
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from rbr_rlhf.models import resolve_model
-
-    out = tmp_path_factory.mktemp("tiny-policy")
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=1, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture
 def process_group(monkeypatch):
     """A gloo process group of one rank in this process (what ``init_distributed`` makes in a run)."""
@@ -55,7 +36,7 @@ def process_group(monkeypatch):
         dist.destroy_process_group()
 
 
-def test_one_train_step_in_process(tiny_policy, process_group, tmp_path, default_rules):
+def test_one_train_step_in_process(tiny_llama, process_group, tmp_path, default_rules):
     import torch
     from transformers import AutoTokenizer
 
@@ -71,10 +52,10 @@ def test_one_train_step_in_process(tiny_policy, process_group, tmp_path, default
                              "policy.lora.r=4", "critic.lora.r=4", "logging.tensorboard=false", "rbr.enabled=false"])
     prompts = [{"conversation": [{"role": "user", "content": q}], "category": None}
                for q in ("How do plants grow?", "Name a colour.", "What is two plus two?")]
-    engine = TransformersEngine(tiny_policy)
+    engine = TransformersEngine(tiny_llama)
     reward_fn = RewardFunction(default_rules, LengthRM(), None)
-    trainer = PPOTrainer(cfg, default_rules, engine, reward_fn, prompts, AutoTokenizer.from_pretrained(tiny_policy),
-                         tiny_policy, None)
+    trainer = PPOTrainer(cfg, default_rules, engine, reward_fn, prompts, AutoTokenizer.from_pretrained(tiny_llama),
+                         tiny_llama, None)
     seen = []
     broadcast = trainer.broadcast
     trainer.broadcast = lambda obj: seen.append(obj) or broadcast(obj)

@@ -92,18 +92,12 @@ class FeatureExtractor:
             seqs.append((context, reply))
         # Batches of similar length (right-padded, so a causal LM's states of the real tokens are those of
         # the sequence alone): far less work than one forward pass per item, and little padding.
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+        from ..encoders import length_batches
+
         out: list = [None] * len(seqs)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         with torch.inference_mode():
-            s = 0
-            while s < len(order):
-                longest = len(seqs[order[s]][0]) + len(seqs[order[s]][1])
-                e = s + 1
-                while e < len(order) and e - s < LM_BATCH_ROWS and \
-                        (e - s + 1) * (len(seqs[order[e]][0]) + len(seqs[order[e]][1])) <= LM_BATCH_TOKENS:
-                    e += 1
-                batch = order[s:e]
+            for batch in length_batches([len(c) + len(r) for c, r in seqs], LM_BATCH_ROWS, LM_BATCH_TOKENS):
                 width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in batch)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -115,7 +109,6 @@ class FeatureExtractor:
                 for row, i in enumerate(batch):
                     a, b = len(seqs[i][0]), len(seqs[i][0]) + len(seqs[i][1])
                     out[i] = np.concatenate([hidden[k][row, a:b].mean(0).numpy() for k in LM_LAYERS])
-                s = e
         return np.array(out)
 
     def _vectorizers(self):

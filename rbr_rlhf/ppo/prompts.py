@@ -32,12 +32,14 @@ def load_prompts(cfg: TrainConfig, rules, tokenizer=None) -> tuple[list[dict], l
     if cfg.data.xstest:
         eval_rows += load_xstest(cfg.data.xstest, cfg.data.xstest_limit, rules)
     if tokenizer is not None and cfg.data.max_prompt_tokens:
-        eval_rows = [r for r in eval_rows if _fits(tokenizer, cfg.data.max_prompt_tokens)(r)]
+        fits = _fits(tokenizer, cfg.data.max_prompt_tokens)
+        eval_rows = [r for r in eval_rows if fits(r)]
     # Training prompts may have a tighter cap: a step's update costs about its padded tokens, and the
     # evaluation's prompts stay as they are.
     train_cap = cfg.data.max_train_prompt_tokens or cfg.data.max_prompt_tokens
     if tokenizer is not None and train_cap:
-        kept = [r for r in rows if _fits(tokenizer, train_cap)(r)]
+        fits = _fits(tokenizer, train_cap)
+        kept = [r for r in rows if fits(r)]
         key = "max_train_prompt_tokens" if cfg.data.max_train_prompt_tokens else "max_prompt_tokens"
         log.warning("%d of %d training prompts fit in data.%s=%d", len(kept), len(rows), key, train_cap)
         rows = kept
