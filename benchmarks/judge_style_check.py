@@ -1,4 +1,4 @@
-"""Does a judge see the ideal hard refusal? The `rbr build` openings of hard_refuse (ideal, minimum
+"""Does a judge (or the reward grader) see the ideal hard refusal? The `rbr build` openings of hard_refuse (ideal, minimum
 acceptable, unacceptable), given as the answer to every hard-refuse gold test prompt, and the class the
 judge puts each in (docs/training.md, "Hard-Refusal-Style").
 
@@ -21,17 +21,18 @@ from rbr_rlhf.rules import load_rules
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--judge", required=True, help="a classifier judge directory")
+    ap.add_argument("--judge", required=True, help="a classifier grader directory (the judge or the reward grader)")
     ap.add_argument("--data", default="../shared/data", help="the shared data root")
     ap.add_argument("--train", action="store_true", help="train the judge into --judge first")
-    ap.add_argument("--no-templates", action="store_true", help="with --train: without judge_style_rows")
+    ap.add_argument("--no-templates", action="store_true", help="with --train: without style_template_rows")
+    ap.add_argument("--role", choices=("judge", "reward"), default="judge", help="with --train: which grader to train")
     args = ap.parse_args()
     rules, data = load_rules("default"), Path(args.data)
     if args.train:
         if args.no_templates:
-            rd.judge_style_rows = lambda *a, **k: []
+            rd.style_template_rows = lambda *a, **k: []
         start = time.time()
-        rd.train_judge(rules, out_dir=args.judge, data_root=data, generated=None)
+        rd.train_real_grader(rules, out_dir=args.judge, data_root=data, generated=None, role=args.role)
         print(f"trained {args.judge} in {time.time() - start:.0f} s")
     judge = build_grader(f"classifier:{args.judge}", rules)
     rows = [r for r in load_completions(data / "rbr_gold" / "test.jsonl", rules) if r["response_type"] == "hard_refuse"]

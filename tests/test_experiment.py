@@ -29,16 +29,20 @@ def test_sft_trains_lora_and_writes_a_merged_policy(tiny_llama, tmp_path):
 
     rows = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
             for i in range(6)]
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    # one row whose prompt is longer than --max-prompt-tokens: dropped
+    long = {"messages": [{"role": "user", "content": "Why? " * 200}, {"role": "assistant", "content": "Because."}]}
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4] + [long]))
     # the conversation + completion layout (rbr build's comparisons, gold rows) is read too
     other = [{"conversation": r["messages"][:1], "completion": [r["messages"][1]]} for r in rows[4:]]
     (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in other))
     out = tmp_path / "policy"
     assert main(["sft", "--data", str(tmp_path / "a.jsonl"), "--data", str(tmp_path / "b.jsonl"), "--out", str(out),
-                 "--base", tiny_llama, "--max-steps", "2", "--batch-size", "2", "--lora-r", "4", "--lr", "1e-2"]) == 0
+                 "--base", tiny_llama, "--max-steps", "2", "--batch-size", "2", "--lora-r", "4", "--lr", "1e-2",
+                 "--max-prompt-tokens", "100"]) == 0
     info = json.loads((out / "sft_info.json").read_text())
-    assert info["examples"] == 6 and info["steps"] == 2 and math.isfinite(info["train_loss"])
-    assert info["files"] == {str(tmp_path / "a.jsonl"): 4, str(tmp_path / "b.jsonl"): 2}
+    assert info["examples"] == 6 and info["dropped_long_prompts"] == 1 and info["steps"] == 2
+    assert math.isfinite(info["train_loss"])
+    assert info["files"] == {str(tmp_path / "a.jsonl"): 5, str(tmp_path / "b.jsonl"): 2}
     # a plain policy directory (LoRA merged, no adapter files) whose weights moved
     assert not (out / "adapter_config.json").exists()
     before = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()

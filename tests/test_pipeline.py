@@ -129,6 +129,10 @@ def test_build_rbr_end_to_end_on_real_models(tmp_path, gold_dir, default_rules, 
     assert "Yield per completion type" in report and "all ranked pairs" in report and "RM only" in report
     rows = [json.loads(l) for l in (out / "comparisons.jsonl").read_text().splitlines()]
     assert all("rm_score" in r and r["completion_class"] for r in rows)
+    # sft.jsonl imitates only completions written to be ideal and graded ideal.
+    sft = [json.loads(l) for l in (out / "sft.jsonl").read_text().splitlines()]
+    assert {(s["prompt_id"], s["messages"][-1]["content"]) for s in sft} == {
+        (r["prompt_id"], r["completion"]) for r in rows if r["completion_class"] == r["intended_class"] == "ideal"}
     weights = RBRWeights.load(out / "rbr_weights.json", default_rules)
     create_app(default_rules, None, weights)  # the weights load in the grader service
 
@@ -144,6 +148,11 @@ def test_keep_intended_or_graded_decides_the_comparison_class(tmp_path, default_
     assert [paper.label(g) for g in (on_target, off_target, empty, no_class)] == ["ideal", None, None, None]
     graded = BuildRBR(BuildConfig(prompts="p", out=str(tmp_path / "b"), grader="g", keep="graded"), default_rules)
     assert [graded.label(g) for g in (on_target, off_target, empty, no_class)] == ["ideal", "unacceptable", None, None]
+    # A candidate written as the worst class (disallowed) and graded better is dropped, not kept as better.
+    graded._worst_class = {"p1": "disallowed"}
+    harmful_read_as_ideal = {"prompt_id": "p1", "intended_class": "disallowed", "graded_class": "ideal", "kept": False}
+    harmful_seen = {"prompt_id": "p1", "intended_class": "disallowed", "graded_class": "disallowed", "kept": True}
+    assert graded.label(harmful_read_as_ideal) is None and graded.label(harmful_seen) == "disallowed"
     with pytest.raises(ValueError, match="keep must be 'intended' or 'graded'"):
         BuildConfig(prompts="p", out=str(tmp_path / "c"), grader="g", keep="all")
 

@@ -259,27 +259,32 @@ def test_reward_grader_and_judge_embed_shared_rows_once(monkeypatch, default_rul
     assert list(memos) == [("minilm", None, True)] and len(memos[("minilm", None, True)]) == 24
 
 
-def test_judge_style_rows_teach_the_ideal_refusal_without_build_openings(xstest_rows, default_rules):
-    """Gold train has no ideal hard refusal, so the judge gets template refusals labelled by construction:
-    style labels only (its refusal heads stay XSTest's), every kind present, never a `rbr build` opening."""
+def test_style_template_rows_teach_the_ideal_refusal_without_build_openings(xstest_rows, default_rules):
+    """Gold train has no ideal hard refusal, so both graders get template refusals labelled by construction:
+    style labels only, every kind present, never a `rbr build` opening, and the reward grader's and the
+    judge's from disjoint phrases and their own XSTest halves."""
     from rbr_rlhf.data import read_rows
 
     gold = read_rows(SHARED_DATA / "rbr_gold" / "train.jsonl")
-    rows = rd.judge_style_rows(default_rules, gold, xstest_rows)
-    hard_refuse_prompts = sum(r["category"] in rd.HARD_REFUSE_CATEGORIES for r in gold)
-    judge_unsafe = {r["xstest_id"] for r in xstest_rows if r["half"] == rd.JUDGE_HALF and r["xstest_label"] == "unsafe"}
-    assert len(rows) == 2 * (hard_refuse_prompts + len(judge_unsafe))
     says = {s.text for sts in load_openings("default", default_rules).table.values() for s in sts if s.kind == "say"}
-    assert not says & {r["completion"] for r in rows}
-    by_kind = {}
-    for r in rows:
-        by_kind.setdefault(r["source"], []).append(r)
-        assert not set(r["propositions"]) & set(rd.REFUSAL_PROPOSITIONS)
-        assert set(r["propositions"]) <= set(default_rules.propositions)
-    assert set(by_kind) == {"template:ideal", "template:no_apology", "template:judgement", "template:content"}
-    ideal = by_kind["template:ideal"][0]["propositions"]
-    assert ideal["apology"] and not ideal["additional_content"] and not ideal["judgement"]
-    assert not by_kind["template:no_apology"][0]["propositions"]["apology"]
-    assert all(r["propositions"]["additional_content"] for r in by_kind["template:content"])
-    assert all(r["propositions"]["judgement"] for r in by_kind["template:judgement"])
-    assert rd.judge_style_rows(default_rules, gold, xstest_rows) == rows  # seeded
+    hard_refuse_prompts = sum(r["category"] in rd.HARD_REFUSE_CATEGORIES for r in gold)
+    texts = {}
+    for role in (rd.REWARD_HALF, rd.JUDGE_HALF):
+        rows = rd.style_template_rows(default_rules, gold, xstest_rows, role)
+        unsafe = {r["xstest_id"] for r in xstest_rows if r["half"] == role and r["xstest_label"] == "unsafe"}
+        assert len(rows) == 2 * (hard_refuse_prompts + len(unsafe))
+        assert not says & {r["completion"] for r in rows}
+        by_kind = {}
+        for r in rows:
+            by_kind.setdefault(r["source"], []).append(r)
+            assert not set(r["propositions"]) & set(rd.REFUSAL_PROPOSITIONS)
+            assert set(r["propositions"]) <= set(default_rules.propositions)
+        assert set(by_kind) == {"template:ideal", "template:no_apology", "template:judgement", "template:content"}
+        ideal = by_kind["template:ideal"][0]["propositions"]
+        assert ideal["apology"] and not ideal["additional_content"] and not ideal["judgement"]
+        assert not by_kind["template:no_apology"][0]["propositions"]["apology"]
+        assert all(r["propositions"]["additional_content"] for r in by_kind["template:content"])
+        assert all(r["propositions"]["judgement"] for r in by_kind["template:judgement"])
+        assert rd.style_template_rows(default_rules, gold, xstest_rows, role) == rows  # seeded
+        texts[role] = {r["completion"] for r in by_kind["template:ideal"] + by_kind["template:no_apology"]}
+    assert not texts[rd.REWARD_HALF] & texts[rd.JUDGE_HALF]

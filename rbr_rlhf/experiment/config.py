@@ -35,6 +35,7 @@ class ExperimentSFT:
     base: Optional[str] = None        # the model fine-tuned (null: train.policy.model)
     limit: Optional[int] = None       # at most this many rows per file
     max_length: int = 512             # tokens per example
+    max_prompt_tokens: Optional[int] = None  # drop rows with longer prompts (null: keep all)
     epochs: float = 2.0               # passes over the rows
     max_steps: int = -1               # optimizer steps (-1: epochs decide)
     lr: float = 2e-4                  # learning rate (LoRA)

@@ -167,11 +167,15 @@ def generate_unsafe_answers(writer, prompts: Sequence[dict], samples: int = 2, t
 # inability all carry additional content, and only 3 refusals in the whole set are labelled without it. A judge
 # trained on gold alone therefore put ``additional_content`` at 0.58 on "I'm sorry, but I can't help with that."
 # and called the canonical ideal refusal ``minimum_acceptable_style`` on 44 of 44 gold test prompts, so
-# Hard-Refusal-Style could never move (docs/training.md). These rows teach the style heads the traits the rule
+# Hard-Refusal-Style could never move (docs/training.md); the reward grader, trained on the same gold rows, put
+# 219 of 220 ideal `rbr build` refusals in `minimum_acceptable_style`, so R_rbr could not reward the ideal
+# refusal either. These rows teach the style heads the traits the rule
 # set's ideal refusal is made of, labelled by construction: an apology or none, a statement of inability, and
 # nothing else, or one added judgement or one added sentence of content (whose other traits stay unlabelled).
 # The phrases are composed from parts and never equal a `rbr build` opening (pipeline/openings/default.yaml),
-# so the judge's check on those openings stays a check on text it did not train on.
+# so the check on those openings stays a check on text neither grader trained on. The reward grader and the
+# judge get disjoint halves of each phrase list (and their own XSTest halves' prompts), so the judge does not
+# learn the reward's exact sentences.
 _APOLOGIES = ("I'm sorry,", "Sorry,", "I apologize,", "My apologies,", "I'm really sorry,", "Apologies,",
               "I'm so sorry,", "Unfortunately, and I'm sorry,")
 _INABILITIES = ("I can't help with this.", "I cannot assist with that.", "I'm unable to help with that request.",
@@ -186,13 +190,21 @@ _STYLE_FALSE = ("additional_content", "judgement", "partially_complies", "fully_
                 "threatening_language", "insulting_language", "prescribes_solutions", "prescribes_dosage")
 
 
+def _phrases(role: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The role's half of each phrase list: even positions for the judge, odd ones for the reward grader."""
+    first = 0 if role == JUDGE_HALF else 1
+    return _APOLOGIES[first::2], _INABILITIES[first::2], _JUDGEMENTS[first::2]
+
+
 def refusal_style_rows(prompts: Sequence[dict], extras: Sequence[str], rules=None, per_prompt: int = 2,
-                       seed: int = 0, avoid: Sequence[str] = ()) -> list[dict]:
+                       seed: int = 0, avoid: Sequence[str] = (), role: str = JUDGE_HALF) -> list[dict]:
     """Template refusals to ``prompts`` (rows with ``conversation``), ``per_prompt`` each, of four kinds
     drawn in turn: ideal (apology + inability), no apology, + a judgement, + a sentence from ``extras``
-    (content). Labels only the propositions the construction decides, and only those in ``rules``."""
+    (content), from ``role``'s half of the phrases. Labels only the propositions the construction decides,
+    and only those in ``rules``."""
     import random
 
+    apologies, inabilities, judgements = _phrases(role)
     rng = random.Random(seed)
     avoid = {a.strip().lower() for a in avoid}
     known = set(rules.propositions) if rules is not None else None
@@ -200,10 +212,10 @@ def refusal_style_rows(prompts: Sequence[dict], extras: Sequence[str], rules=Non
     for i, p in enumerate(prompts):
         for k in range(per_prompt):
             kind = ("ideal", "no_apology", "judgement", "content")[(i * per_prompt + k) % 4]
-            apology, inability = rng.choice(_APOLOGIES), rng.choice(_INABILITIES)
+            apology, inability = rng.choice(apologies), rng.choice(inabilities)
             refusal = f"{apology} but {inability}" if not inability.startswith("that") else f"{apology} {inability}"
             if refusal.lower() in avoid:
-                refusal = f"{apology} but {_INABILITIES[0]}"
+                refusal = f"{apology} but {inabilities[0]}"
             labels = {"apology": True, "inability_to_comply": True}
             if kind == "no_apology":
                 refusal = inability[0].upper() + inability[1:]
@@ -212,7 +224,7 @@ def refusal_style_rows(prompts: Sequence[dict], extras: Sequence[str], rules=Non
                 labels.update({name: False for name in _STYLE_FALSE})
                 text = refusal
             elif kind == "judgement":
-                text = f"{refusal} {rng.choice(_JUDGEMENTS)}"
+                text = f"{refusal} {rng.choice(judgements)}"
                 labels.update({"judgement": True, "fully_complies": False, "disallowed_content": False})
             else:
                 text = f"{refusal} However, {rng.choice(extras)}"
@@ -220,7 +232,7 @@ def refusal_style_rows(prompts: Sequence[dict], extras: Sequence[str], rules=Non
             if known is not None:
                 labels = {name: v for name, v in labels.items() if name in known}
             rows.append({"conversation": p["conversation"], "completion": text, "propositions": labels,
-                         "category": "hard_refuse", "source": f"template:{kind}", "half": JUDGE_HALF})
+                         "category": "hard_refuse", "source": f"template:{kind}", "half": role})
     return rows
 
 
@@ -234,16 +246,17 @@ def _text(completion) -> str:
     return completion[0]["content"] if isinstance(completion, list) else (completion or "")
 
 
-def judge_style_rows(rules, gold_train: list[dict], xstest: list[dict], seed: int = 0) -> list[dict]:
-    """:func:`refusal_style_rows` for the judge: on gold train's hard-refuse prompts and the judge half's
-    unsafe XSTest prompts, with the added content taken from gold train's compliant answers."""
+def style_template_rows(rules, gold_train: list[dict], xstest: list[dict], role: str, seed: int = 0) -> list[dict]:
+    """:func:`refusal_style_rows` for the reward grader or the judge (``role``): on gold train's hard-refuse
+    prompts and the role's half of the unsafe XSTest prompts, with the added content taken from gold train's
+    compliant answers."""
     from ..pipeline.openings import load_openings
 
     prompts = [{"conversation": r.get("conversation") or r["prompt"]} for r in gold_train
                if r.get("category") in HARD_REFUSE_CATEGORIES]
     seen = set()
     for r in xstest:
-        if r["half"] == JUDGE_HALF and r["xstest_label"] == "unsafe" and r["xstest_id"] not in seen:
+        if r["half"] == role and r["xstest_label"] == "unsafe" and r["xstest_id"] not in seen:
             seen.add(r["xstest_id"])
             prompts.append(r)
     extras = [s[0].lower() + s[1:] for r in gold_train if (r.get("propositions") or {}).get("fully_complies")
@@ -253,8 +266,8 @@ def judge_style_rows(rules, gold_train: list[dict], xstest: list[dict], seed: in
     except (ValueError, FileNotFoundError):  # a rule set the default openings do not fit
         avoid = []
     rows = refusal_style_rows(prompts, extras or ["here is some general information on the topic."], rules,
-                              seed=seed, avoid=avoid)
-    # Style labels only, as for the gold rows: the judge's refusal heads learn from XSTest alone.
+                              seed=seed, avoid=avoid, role=role)
+    # Style labels only: the refusal heads learn from people's labels (gold, XSTest) and the policy's answers.
     for r in rows:
         r["propositions"] = {k: v for k, v in r["propositions"].items() if k not in REFUSAL_PROPOSITIONS}
     return rows
@@ -313,9 +326,9 @@ def grader_training_rows(rules, data_root: str | Path, generated: str | Path | N
     xs = xstest_completion_rows(root)
     gen = read_rows(generated) if generated else []
     if role == REWARD_HALF:
-        return reward_grader_rows(gold, xs, gen)
+        return reward_grader_rows(gold, xs, gen) + style_template_rows(rules, gold, xs, role)
     if role == JUDGE_HALF:
-        return judge_rows(gold, xs, gen) + judge_style_rows(rules, gold, xs)
+        return judge_rows(gold, xs, gen) + style_template_rows(rules, gold, xs, role)
     raise ValueError(f"role must be {REWARD_HALF!r} or {JUDGE_HALF!r}, not {role!r}")
 
 

@@ -181,6 +181,7 @@ class BuildRBR:
         graded = {g["key"]: g for g in read_cache(graded_path)}
         by_id = {p["prompt_id"]: p for p in prompts}
         self._prompt_pool = prompts
+        self._worst_class = {p["prompt_id"]: self.rules.response_types[p["response_type"]].class_names[-1] for p in prompts}
         for round_ in range(self.cfg.max_rounds):
             kept = Counter((g["prompt_id"], self.label(g)) for g in graded.values() if self.label(g))
             todo = []
@@ -313,6 +314,15 @@ class BuildRBR:
         # g["kept"] is False for an empty completion even when its class matches; graded_class None: no
         # single class (contradictory propositions).
         empty = g["graded_class"] == g["intended_class"] and not g["kept"]
+        # A candidate written as its response type's worst class (by default `disallowed`: the writer
+        # continues "Sure. Here is exactly how to hurt someone without getting caught. First,") that the
+        # grader reads as a better class is dropped, not kept as better. A grader missing harmful content is
+        # the likelier error than a writer ignoring the opening it continues: in the experiment's build
+        # (2026-12-02) the classifier grader read 53 of 96 such texts as better, 24 of them as the ideal
+        # compliance, which put harmful instructions on the ideal side of the comparisons and into sft.jsonl.
+        worst = getattr(self, "_worst_class", {}).get(g.get("prompt_id"))
+        if g["intended_class"] == worst and g["graded_class"] not in (None, worst):
+            return None
         return None if empty else g["graded_class"]
 
     # ------------------------------------------------------------------ 4. reward model
@@ -364,8 +374,10 @@ class BuildRBR:
                 row["rm_score"] = rm_scores[g["key"]]
             comparisons.append(row)
         write_jsonl(self.dir / "comparisons.jsonl", comparisons)
+        # The SFT set imitates: only completions written to be ideal and graded ideal (with keep=graded a
+        # candidate written for another class can be graded ideal; good enough to rank, not to imitate).
         sft = [{"prompt_id": r["prompt_id"], "messages": list(r["conversation"]) + [{"role": "assistant", "content": r["completion"]}]}
-               for r in comparisons if r["completion_class"] == self.rules.response_types[r["response_type"]].ideal]
+               for r in comparisons if r["completion_class"] == r["intended_class"] == self.rules.response_types[r["response_type"]].ideal]
         write_jsonl(self.dir / "sft.jsonl", sft)
         report = self._fit_and_report(prompts, graded, comparisons)
         return report

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--base", default=d.base, help="model to fine-tune: smollm2, a directory or a hub name")
     s.add_argument("--limit", type=int, help="at most N rows per file")
     s.add_argument("--max-length", type=int, default=d.max_length)
+    s.add_argument("--max-prompt-tokens", type=int, help="drop rows whose prompt is longer (default: keep all)")
     s.add_argument("--epochs", type=float, default=d.epochs)
     s.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (-1: --epochs decides)")
     s.add_argument("--lr", type=float, default=d.lr)
@@ -31,7 +32,7 @@ def run_sft(args) -> int:
     from .train import SFTConfig, train_sft
 
     cfg = SFTConfig(data=list(args.data), out=args.out, base=args.base, limit=args.limit, max_length=args.max_length,
-                    epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
+                    max_prompt_tokens=args.max_prompt_tokens, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
                     lora_r=args.lora_r, seed=args.seed)
     info = train_sft(cfg)
     print(f"policy -> {args.out}  ({info['examples']} rows, {info['steps']} steps, {info['train_seconds']} s, "
