@@ -106,22 +106,22 @@ def test_build_rbr_resumes_from_its_caches(tmp_path, gold_dir, default_rules):
 
 
 @pytest.mark.slow
-def test_build_rbr_end_to_end_on_real_models(tmp_path, gold_dir, default_rules, capsys):
+def test_build_rbr_end_to_end_on_real_models(tmp_path, gold_dir, default_rules, tiny_assets, capsys):
     """`rbr build` through the CLI: SmolLM2 writes, a classifier grader grades, a small RM scores; the
     weights load in the grader service."""
     from rbr_rlhf.cli import main
     from rbr_rlhf.rbr import RBRWeights
     from rbr_rlhf.service.app import create_app
 
-    rows = [json.loads(l) for l in (gold_dir / "train.jsonl").read_text().splitlines()[:120]]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["grader", "train-classifier", "--train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "g"), "--lm", "none"]) == 0
-    hh = gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"
-    assert main(["rm", "train", "--data", str(hh), "--limit", "48", "--max-length", "64", "--out", str(tmp_path / "rm")]) == 0
+    # The grader (gold train rows, `grader train-classifier --lm none`) and the RM (`rm train` on HH-RLHF
+    # pairs) are the ones the session's PPO tests use: tiny_assets trains them through the same CLI
+    # commands, and the suite builds it anyway. Training a second, slightly smaller pair here cost a
+    # MiniLM featurization, the heads' CV search and an RM epoch, and proved nothing more about `rbr build`.
+    grader, rm = tiny_assets / "grader", tiny_assets / "rm"
     capsys.readouterr()
     out = tmp_path / "build"
-    assert main(["rbr", "build", "--prompts", str(gold_dir / "train.jsonl"), "--grader", f"classifier:{tmp_path / 'g'}",
-                 "--rm", str(tmp_path / "rm"), "--out", str(out), "--limit-prompts", "4", "--max-tokens", "24",
+    assert main(["rbr", "build", "--prompts", str(gold_dir / "train.jsonl"), "--grader", f"classifier:{grader}",
+                 "--rm", str(rm), "--out", str(out), "--limit-prompts", "4", "--max-tokens", "24",
                  "--max-rounds", "1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["prompts"] == 4 and "failed_completion_types" in summary
