@@ -1,10 +1,12 @@
 """Shared helpers for the end-to-end PPO tests (resume, 2 ranks, vLLM path, fault tolerance, launchers).
 
 ``tiny_assets`` builds, once per session, the small real assets a PPO run needs: a helpful RM trained on
-64 HH-RLHF pairs, a fast classifier grader trained on 150 gold proposition labels, and RBR weights fitted
+64 HH-RLHF pairs (with its ``rm train --json`` report, for test_rm.py), a fast classifier grader trained on 150 gold proposition labels, and RBR weights fitted
 on synthetic comparisons. ``run_args`` turns them into a few-second-per-step run of the CPU recipe.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -25,8 +27,12 @@ def tiny_assets(tmp_path_factory, gold_dir, default_rules) -> Path:
     from test_rbr import synthetic_comparisons
 
     d = tmp_path_factory.mktemp("assets")
-    assert main(["rm", "train", "--data", str(gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"), "--limit", "64",
-                 "--max-length", "64", "--out", str(d / "rm")]) == 0
+    # The --json report is kept (rm_train.json): test_rm.py asserts on it instead of training an identical RM.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["rm", "train", "--data", str(gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"), "--limit", "64",
+                     "--max-length", "64", "--out", str(d / "rm"), "--json"]) == 0
+    (d / "rm_train.json").write_text(out.getvalue().strip().splitlines()[-1] + "\n")
     rows = [json.loads(l) for l in (gold_dir / "train.jsonl").read_text().splitlines()[:150]]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["grader", "train-classifier", "--train", str(d / "train.jsonl"), "--out", str(d / "grader"), "--lm", "none"]) == 0

@@ -33,12 +33,15 @@ def test_split_is_stable():
 
 
 @pytest.mark.slow
-def test_train_and_eval_rm_cli(tmp_path, gold_dir, capsys):
+def test_train_and_eval_rm_cli(tiny_assets, gold_dir, capsys):
+    # `rm train --data HH --limit 64 --max-length 64 --out DIR --json` is the command tiny_assets runs (for the
+    # PPO tests), and it keeps that command's --json line: asserted here instead of training the same RM twice.
     hh = gold_dir.parent / "hh-rlhf-harmless" / "test.jsonl.gz"
-    assert main(["rm", "train", "--data", str(hh), "--limit", "64", "--max-length", "64", "--out", str(tmp_path / "rm"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rm = tiny_assets / "rm"
+    info = json.loads((tiny_assets / "rm_train.json").read_text())
+    assert info["out"] == str(rm)
     assert info["train_pairs"] + info["eval_pairs"] == 64 and 0 <= info["eval_accuracy"] <= 1
-    assert (tmp_path / "rm" / "model.safetensors").exists()
-    assert main(["rm", "eval", "--rm", str(tmp_path / "rm"), "--pairs", str(hh), "--limit", "40", "--json"]) == 0
+    assert (rm / "model.safetensors").exists()
+    assert main(["rm", "eval", "--rm", str(rm), "--pairs", str(hh), "--limit", "40", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["pairs"] == 40 and set(result) >= {"accuracy", "ties", "mean_margin"}
