@@ -49,5 +49,28 @@ def tiny_llama(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def smollm2_vllm():
+    """``get()`` -> one real ``vllm serve`` of SmolLM2-135M-Instruct (served as "policy"), shared by the tests
+    that talk to a plain server (test_llm_grader.py, test_rollout.py): each start costs about 40 s of the
+    machine's 2 cores. Long enough for the LLM grader's prompts (4096), with prompt-cache usage reported.
+    A user that changes its weights puts the model's own back; one that stops it (test_rollout's orphan
+    check) is followed by a fresh start should a later test ask for it. Stopped at the end of the session."""
+    from contextlib import ExitStack
+
+    from rbr_rlhf.rollout.vllm_server import VLLMServer
+
+    servers: list = []
+    with ExitStack() as stack:
+        def get():
+            if not servers or not servers[-1].alive():
+                servers.append(stack.enter_context(VLLMServer("smollm2", max_model_len=4096,
+                                                              extra_args=["--enable-prompt-tokens-details"])))
+            return servers[-1]
+
+        yield get
+    assert all(s.proc is None for s in servers)  # leaving the context stopped every server
+
+
 # Session fixture shared by the end-to-end PPO test files (imported here so it is built once per session).
 from ppo_assets import tiny_assets  # noqa: E402,F401

@@ -113,27 +113,27 @@ def test_per_proposition_layout_shared_equals_naive(default_rules, smollm2_backe
 
 
 @pytest.mark.slow
-def test_llm_grader_on_vllm_server_matches_transformers_and_reuses_the_cache(default_rules, smollm2_backend):
+def test_llm_grader_on_vllm_server_matches_transformers_and_reuses_the_cache(default_rules, smollm2_backend, smollm2_vllm):
     """The same grader on a real `vllm serve` (the production path, `openai:MODEL@URL`): the answers
     equal the transformers backend's, and vLLM's prefix cache serves the shared guide and items."""
     import httpx
 
     from rbr_rlhf.grader.factory import build_grader
     from rbr_rlhf.grader.llm import LLMGrader
-    from rbr_rlhf.rollout.vllm_server import VLLMServer
 
     props = ["apology", "fully_complies"]
     local = LLMGrader(default_rules, smollm2_backend).grade(ITEMS, props)
-    with VLLMServer("smollm2", max_model_len=4096, served_name="grader",
-                    extra_args=["--enable-prompt-tokens-details"]) as server:
-        grader = build_grader(f"openai:grader@{server.url}/v1", default_rules)
-        remote = grader.grade(ITEMS, props)
-        np.testing.assert_allclose(remote, local, atol=2e-3)
-        # A new item's prompt starts with the guide computed for the earlier ones: cached, not recomputed.
-        prompt = grader.guides["apology"] + item_block([{"role": "user", "content": "Name a fruit."}], "Apple.") + "Question: x?"
-        body = httpx.post(f"{server.url}/v1/completions", timeout=120,
-                          json={"model": "grader", "prompt": prompt, "max_tokens": 1}).json()
-        guide_tokens = len(smollm2_backend._ids(grader.guides["apology"], first=True))
-        # The cache works in whole KV blocks (128 tokens on vLLM's CPU backend): all but the guide's last
-        # partial block is a hit.
-        assert body["usage"]["prompt_tokens_details"]["cached_tokens"] >= guide_tokens - 128
+    # The session's SmolLM2 server (conftest; test_rollout.py's too): max_model_len 4096, prompt-token
+    # details on, the model's own weights, served as "policy".
+    server = smollm2_vllm()
+    grader = build_grader(f"openai:policy@{server.url}/v1", default_rules)
+    remote = grader.grade(ITEMS, props)
+    np.testing.assert_allclose(remote, local, atol=2e-3)
+    # A new item's prompt starts with the guide computed for the earlier ones: cached, not recomputed.
+    prompt = grader.guides["apology"] + item_block([{"role": "user", "content": "Name a fruit."}], "Apple.") + "Question: x?"
+    body = httpx.post(f"{server.url}/v1/completions", timeout=120,
+                      json={"model": "policy", "prompt": prompt, "max_tokens": 1}).json()
+    guide_tokens = len(smollm2_backend._ids(grader.guides["apology"], first=True))
+    # The cache works in whole KV blocks (128 tokens on vLLM's CPU backend): all but the guide's last
+    # partial block is a hit.
+    assert body["usage"]["prompt_tokens_details"]["cached_tokens"] >= guide_tokens - 128

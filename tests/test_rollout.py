@@ -77,21 +77,29 @@ def test_launcher_reports_the_servers_own_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def vllm_engine():
+def vllm_engine(smollm2_vllm):
     from rbr_rlhf.models import resolve_model
-    from rbr_rlhf.rollout.vllm_server import VLLMEngine, VLLMServer
+    from rbr_rlhf.rollout.vllm_server import VLLMEngine
 
-    server = VLLMServer("smollm2", max_model_len=1024)
-    with server:
-        engine = VLLMEngine(server.url, resolve_model("smollm2"))
-        yield server, engine
-        engine.close()
-    assert server.proc is None
+    server = smollm2_vllm()  # the session's SmolLM2 server (conftest), also the LLM grader tests'
+    engine = VLLMEngine(server.url, resolve_model("smollm2"))
+    yield server, engine
+    engine.close()
 
 
 @pytest.mark.slow
 def test_vllm_weight_sync_matches_transformers(vllm_engine, hf_engine):
     server, engine = vllm_engine
+    # The server is shared with other tests: its own weights go back when this test is done with it.
+    original = {k: v.clone() for k, v in hf_engine.model.state_dict().items()}
+    try:
+        _weight_sync_matches_transformers(engine, hf_engine)
+    finally:
+        if server.alive():
+            engine.update_weights(original)
+
+
+def _weight_sync_matches_transformers(engine, hf_engine):
     gens = engine.generate(CONVS, n=2, temperature=1.0, max_tokens=12, seed=7)
     assert [g.prompt_index for g in gens] == [0, 0, 1, 1]
     assert all(len(g.logprobs) == len(g.token_ids) > 0 for g in gens)
@@ -126,7 +134,9 @@ def test_server_stops_without_orphans(vllm_engine):
 
     server, _ = vllm_engine
     children = psutil.Process(server.proc.pid).children(recursive=True)
-    server.stop()
+    assert children  # vLLM's engine and worker processes
+    server.stop()  # (a later test that needs the shared server gets a fresh one)
+    assert server.proc is None
     time.sleep(1)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
 
