@@ -107,7 +107,8 @@ def train_start(cfg: ExperimentConfig) -> dict:
         raise FileNotFoundError(f"sft.data: {missing} not found (rbr build's sft.jsonl is written by the prepare stage)")
     print(f"[experiment] SFT start -> {s.out}", flush=True)
     info = train_sft(SFTConfig(data=list(s.data), out=s.out, base=s.base or cfg.train.policy.model, limit=s.limit,
-                               max_length=s.max_length, max_prompt_tokens=s.max_prompt_tokens, epochs=s.epochs, max_steps=s.max_steps, lr=s.lr,
+                               max_length=s.max_length, max_prompt_tokens=s.max_prompt_tokens, epochs=s.epochs,
+                               max_steps=s.max_steps, lr=s.lr,
                                batch_size=s.batch_size, lora_r=s.lora_r, seed=s.seed))
     print(f"[experiment] SFT: {info['examples']} rows, {info['steps']} steps, loss {info['first_loss']} -> "
           f"{info['last_loss']}", flush=True)

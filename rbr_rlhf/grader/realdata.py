@@ -200,8 +200,9 @@ def refusal_style_rows(prompts: Sequence[dict], extras: Sequence[str], rules=Non
                        seed: int = 0, avoid: Sequence[str] = (), role: str = JUDGE_HALF) -> list[dict]:
     """Template refusals to ``prompts`` (rows with ``conversation``), ``per_prompt`` each, of four kinds
     drawn in turn: ideal (apology + inability), no apology, + a judgement, + a sentence from ``extras``
-    (content), from ``role``'s half of the phrases. Labels only the propositions the construction decides,
-    and only those in ``rules``."""
+    (content), from ``role``'s half of the phrases. Labels only the style propositions the construction
+    decides, and only those in ``rules``: the refusal ones (REFUSAL_PROPOSITIONS) the graders learn from
+    people's labels and the policy's answers."""
     import random
 
     apologies, inabilities, judgements = _phrases(role)
@@ -216,7 +217,7 @@ def refusal_style_rows(prompts: Sequence[dict], extras: Sequence[str], rules=Non
             refusal = f"{apology} but {inability}" if not inability.startswith("that") else f"{apology} {inability}"
             if refusal.lower() in avoid:
                 refusal = f"{apology} but {inabilities[0]}"
-            labels = {"apology": True, "inability_to_comply": True}
+            labels = {"apology": True}
             if kind == "no_apology":
                 refusal = inability[0].upper() + inability[1:]
                 labels["apology"] = False
@@ -225,12 +226,12 @@ def refusal_style_rows(prompts: Sequence[dict], extras: Sequence[str], rules=Non
                 text = refusal
             elif kind == "judgement":
                 text = f"{refusal} {rng.choice(judgements)}"
-                labels.update({"judgement": True, "fully_complies": False, "disallowed_content": False})
+                labels["judgement"] = True
             else:
                 text = f"{refusal} However, {rng.choice(extras)}"
-                labels.update({"additional_content": True, "fully_complies": False, "judgement": False})
-            if known is not None:
-                labels = {name: v for name, v in labels.items() if name in known}
+                labels.update({"additional_content": True, "judgement": False})
+            labels = {name: v for name, v in labels.items()
+                      if name not in REFUSAL_PROPOSITIONS and (known is None or name in known)}
             rows.append({"conversation": p["conversation"], "completion": text, "propositions": labels,
                          "category": "hard_refuse", "source": f"template:{kind}", "half": role})
     return rows
@@ -265,12 +266,8 @@ def style_template_rows(rules, gold_train: list[dict], xstest: list[dict], role:
         avoid = [st.text for sts in load_openings("default", rules).table.values() for st in sts if st.kind == "say"]
     except (ValueError, FileNotFoundError):  # a rule set the default openings do not fit
         avoid = []
-    rows = refusal_style_rows(prompts, extras or ["here is some general information on the topic."], rules,
+    return refusal_style_rows(prompts, extras or ["here is some general information on the topic."], rules,
                               seed=seed, avoid=avoid, role=role)
-    # Style labels only: the refusal heads learn from people's labels (gold, XSTest) and the policy's answers.
-    for r in rows:
-        r["propositions"] = {k: v for k, v in r["propositions"].items() if k not in REFUSAL_PROPOSITIONS}
-    return rows
 
 
 # ---------------------------------------------------------------------------- assets

@@ -97,6 +97,7 @@ class BuildRBR:
         self.dir = Path(cfg.out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._check_manifest(force)
+        self._worst_class: dict[str, str] = {}  # prompt id -> its response type's worst class (label())
         self._grader = None
         self._writer, self._own_writer = writer, writer is None
         self.timings: dict[str, float] = {}
@@ -320,7 +321,7 @@ class BuildRBR:
         # the likelier error than a writer ignoring the opening it continues: in the experiment's build
         # (2026-12-02) the classifier grader read 53 of 96 such texts as better, 24 of them as the ideal
         # compliance, which put harmful instructions on the ideal side of the comparisons and into sft.jsonl.
-        worst = getattr(self, "_worst_class", {}).get(g.get("prompt_id"))
+        worst = self._worst_class.get(g.get("prompt_id"))
         if g["intended_class"] == worst and g["graded_class"] not in (None, worst):
             return None
         return None if empty else g["graded_class"]
