@@ -153,8 +153,10 @@ def step_flops(trainer, token_counts: list[tuple[int, int]]) -> dict:
     policy = trainer.actor.module
     base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
     p_params = matmul_params(base)
-    critic_backbone = trainer.critic.module.backbone
-    c_params = matmul_params(critic_backbone.get_base_model() if hasattr(critic_backbone, "get_base_model") else critic_backbone)
+    c_params = 0  # ppo.advantage=rloo: no critic
+    if trainer.critic is not None:
+        critic_backbone = trainer.critic.module.backbone
+        c_params = matmul_params(critic_backbone.get_base_model() if hasattr(critic_backbone, "get_base_model") else critic_backbone)
     tokens = sum(p + r for p, r in token_counts)
     out = ppo_phase_flops(p_params, c_params, tokens, trainer.cfg.ppo.epochs, trainer.cfg.policy.lora.enabled)
     out.update(tokens=tokens, response_tokens=sum(r for _, r in token_counts), policy_params=p_params, critic_params=c_params)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rbr_rlhf.ppo.core import (AdaptiveKLController, gae, logprobs_from_logits, masked_mean, per_token_rewards,
-                               policy_loss, value_loss, whiten)
+from rbr_rlhf.ppo.core import (AdaptiveKLController, gae, leave_one_out, logprobs_from_logits, masked_mean,
+                               per_token_rewards, policy_loss, reward_to_go, value_loss, whiten)
 
 
 def test_gae_matches_a_hand_computation():
@@ -27,6 +27,28 @@ def test_gae_with_gamma_lambda_one_is_reward_to_go_minus_value():
     values = torch.tensor([[0.3, 0.2, 0.1]])
     adv, _ = gae(values, rewards, torch.ones(1, 3), 1.0, 1.0)
     torch.testing.assert_close(adv, torch.tensor([[6.0 - 0.3, 5.0 - 0.2, 3.0 - 0.1]]))
+
+
+def test_leave_one_out_subtracts_the_mean_of_the_other_samples_of_the_prompt():
+    scores = torch.tensor([1.0, 2.0, 6.0, -1.0, -1.0, 5.0])  # two prompts, three samples each
+    out = leave_one_out(scores, 3)
+    torch.testing.assert_close(out, torch.tensor([1.0 - 4.0, 2.0 - 3.5, 6.0 - 1.5, -1.0 - 2.0, -1.0 - 2.0, 5.0 + 1.0]))
+    # a prompt-level offset (e.g. R_rbr's level for one response type) cancels
+    shifted = scores + torch.tensor([10.0] * 3 + [-7.0] * 3)
+    torch.testing.assert_close(leave_one_out(shifted, 3), out)
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out(scores, 1)
+    with pytest.raises(ValueError, match="groups of 4"):
+        leave_one_out(scores, 4)
+
+
+def test_reward_to_go_is_gae_without_a_critic():
+    rewards = torch.tensor([[0.1, -0.2, 2.0, 5.0], [0.3, 1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    returns = reward_to_go(rewards, mask, gamma=1.0)
+    torch.testing.assert_close(returns, torch.tensor([[1.9, 1.8, 2.0, 0.0], [1.3, 1.0, 0.0, 0.0]]))
+    adv, _ = gae(torch.zeros_like(rewards), rewards, mask, 1.0, 1.0)
+    torch.testing.assert_close(returns, adv)
 
 
 def test_rewards_put_score_on_last_real_token_and_penalise_kl():

@@ -18,22 +18,24 @@ class LengthRM:
         return [len(c) / 20 for c in completions]
 
 
-@pytest.fixture
-def process_group(monkeypatch):
-    """A gloo process group of one rank in this process (what ``init_distributed`` makes in a run)."""
+@pytest.fixture(scope="module")
+def process_group():
+    """A gloo process group of one rank in this process (what ``init_distributed`` makes in a run), shared
+    by this module's tests: DeepSpeed keeps a handle on the first group it sees, so it is made once."""
     import torch.distributed as dist
 
     from rbr_rlhf.ppo.distributed import init_distributed, rank_and_world
     from rbr_rlhf.procs import free_port
 
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}.items():
-        monkeypatch.setenv(key, value)
-    init_distributed()
-    assert rank_and_world() == (0, 1)
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}.items():
+            mp.setenv(key, value)
+        init_distributed()
+        assert rank_and_world() == (0, 1)
+        yield
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_one_train_step_in_process(tiny_llama, process_group, tmp_path, default_rules):
@@ -84,3 +86,66 @@ def test_one_train_step_in_process(tiny_llama, process_group, tmp_path, default_
     # the engine serves the merged update: a re-sync under the same version changes nothing but the weights
     trainer.resync_weights()
     assert trainer.weight_version == engine.weight_version == 1
+
+
+def test_rloo_step_has_no_critic_and_moves_each_prompt_toward_its_better_sample(tiny_llama, process_group, tmp_path,
+                                                                                 default_rules):
+    """ppo.advantage=rloo: no critic is built, trained or checkpointed, and one update raises the
+    log-probability of each prompt's better-scored sample relative to its sibling (the baseline is the
+    sibling, so which prompt was drawn does not matter)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from rbr_rlhf.ppo.batch import pack, policy_forward
+    from rbr_rlhf.ppo.config import load_config
+    from rbr_rlhf.ppo.rewards import RewardFunction
+    from rbr_rlhf.ppo.trainer import PPOTrainer
+    from rbr_rlhf.rollout.hf_engine import TransformersEngine
+
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        load_config(None, ["ppo.advantage=rloo"])
+    with pytest.raises(ValueError, match="gae or rloo"):
+        load_config(None, ["ppo.advantage=grpo"])
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "rollout.engine=transformers", "rollout.max_tokens=8",
+                             "rollout.samples_per_prompt=2", "ppo.prompts_per_step=2", "ppo.minibatch_size=4",
+                             "ppo.epochs=1", "ppo.lr=5e-3", "ppo.warmup_steps=1", "ppo.advantage=rloo",
+                             "ppo.kl.type=fixed", "ppo.kl.init=0.0", "policy.lora.r=4",
+                             "logging.tensorboard=false", "rbr.enabled=false"])
+    prompts = [{"conversation": [{"role": "user", "content": q}], "category": None}
+               for q in ("How do plants grow?", "Name a colour.")]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    engine = TransformersEngine(tiny_llama)
+    trainer = PPOTrainer(cfg, default_rules, engine, RewardFunction(default_rules, LengthRM(), None), prompts,
+                         tokenizer, tiny_llama, None)
+    assert trainer.critic is None
+    seen = []
+    broadcast = trainer.broadcast
+    trainer.broadcast = lambda obj: seen.append(obj) or broadcast(obj)
+
+    def sample_logprobs(rollout):
+        batch = pack(rollout.prompt_ids, [r or [tokenizer.eos_token_id] for r in rollout.response_ids], trainer.pad_id)
+        with torch.no_grad():
+            return policy_forward(trainer.actor.module, batch).sum(1)
+
+    metrics = trainer.train_step()
+    scored = seen[0]
+    after = sample_logprobs(scored.rollout)
+    before = torch.tensor([0.0] * len(after))
+    for i, lp in enumerate(scored.rollout.logprobs):  # the engine's log-probabilities under the old weights
+        before[i] = sum(lp)
+    assert "value/loss" not in metrics and math.isfinite(metrics["policy/loss"])
+    moved = 0
+    for a, b in ((0, 1), (2, 3)):  # the two samples of each prompt
+        if scored.scores[a] == scored.scores[b]:
+            continue
+        hi, lo = (a, b) if scored.scores[a] > scored.scores[b] else (b, a)
+        assert (after[hi] - after[lo]) > (before[hi] - before[lo]), (scored.scores, before, after)
+        moved += 1
+    assert moved, f"every prompt's two samples scored alike: {scored.scores}"
+
+    # checkpoints hold no critic, and resume without one; a GAE run refuses to resume from them
+    path = trainer.save_checkpoint()
+    assert (path / "actor").is_dir() and not (path / "critic").exists()
+    trainer.load_checkpoint(path)
+    assert trainer.step == 1

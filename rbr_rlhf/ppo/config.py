@@ -192,6 +192,7 @@ class PPOSettings:
     minibatches: str = "random"       # random | by_length (minibatches of similar length, shuffled each epoch)
     clip_range: float = 0.2           # policy ratio clip
     clip_range_value: float = 0.2     # value clip
+    advantage: str = "gae"            # gae (a critic, Schulman et al.) | rloo (no critic: leave-one-out baseline over rollout.samples_per_prompt >= 2)
     gamma: float = 1.0                # GAE discount
     lam: float = 0.95                 # GAE lambda
     vf_coef: float = 0.5              # value loss weight
@@ -208,6 +209,8 @@ class PPOSettings:
     def __post_init__(self):
         if self.minibatches not in ("random", "by_length"):
             raise ValueError(f"ppo.minibatches must be random or by_length, got {self.minibatches!r}")
+        if self.advantage not in ("gae", "rloo"):
+            raise ValueError(f"ppo.advantage must be gae or rloo, got {self.advantage!r}")
 
 
 @dataclass
@@ -283,6 +286,11 @@ class TrainConfig:
     eval_before_after: bool = True    # safety evaluation before and after training
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def __post_init__(self):
+        if self.ppo.advantage == "rloo" and self.rollout.samples_per_prompt < 2:
+            raise ValueError("ppo.advantage=rloo compares the samples of one prompt: set rollout.samples_per_prompt "
+                             f">= 2 (it is {self.rollout.samples_per_prompt})")
 
 
 _ABSENT = object()

@@ -8,6 +8,13 @@ tensors are [batch, response_len]; ``mask`` is 1 on real response tokens and 0 o
     returns            R_t = A_t + V(s_t)
     policy loss        -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A),  ratio = exp(logp - logp_old)
     value loss         0.5 * max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2)
+
+Without a critic (``ppo.advantage: rloo``; Ahmadian et al., 2024, "Back to Basics: Revisiting REINFORCE
+Style Optimization for Learning from Human Feedback"; OpenRLHF's ``advantage_estimator: rloo``), k samples
+of each prompt are drawn and each sample's score is judged against the mean of its k - 1 siblings:
+
+    leave-one-out      score_i - mean_{j != i} score_j          (over the samples of one prompt)
+    returns            R_t = sum_{t' >= t} gamma^(t'-t) r_t'   (r_t as above, with that score); A_t = R_t
 """
 
 from __future__ import annotations
@@ -60,6 +67,32 @@ def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
     last = mask.long().sum(1).clamp(min=1) - 1
     rewards[torch.arange(len(scores)), last] += scores
     return rewards * mask, kl
+
+
+def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's baseline: each score minus the mean of the other samples of its prompt.
+
+    ``scores`` holds consecutive groups of ``group_size`` samples, one group per prompt. What is left is the
+    part of a score that this completion earned over its siblings: the prompt's own difficulty (R_rbr's
+    level differs by response type, R_rm's by topic) cancels, which a critic has to learn first."""
+    if group_size < 2:
+        raise ValueError(f"a leave-one-out baseline needs at least 2 samples per prompt, got {group_size}")
+    if scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
+    groups = scores.view(-1, group_size)
+    baseline = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - baseline).reshape(scores.shape)
+
+
+def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R_t = sum_{t' >= t} gamma^(t'-t) r_t' over the response tokens (right padding: 0 past the end)."""
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns * mask
 
 
 def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ One step (rank 0 drives rollouts and scoring; every rank trains on its shard):
   2. rollout      the rollout engine samples completions with per-token log-probabilities
   3. score        R = R_rm + w * R_rbr (safety prompts) or R_rm (benign), via RM and grader service
   4. passes       log pi (trainer), log pi_ref, V, on the same tokens; the engine/trainer logprob gap
-  5. advantages   KL-penalised per-token rewards, GAE, whitening
+  5. advantages   KL-penalised per-token rewards, GAE (or RLOO: no critic), whitening
   6. update       PPO epochs over minibatches: clipped surrogate (+ entropy), clipped value loss
   7. sync         merged policy weights to the rollout engine (a new weight version)
   8. log, checkpoint
@@ -32,7 +32,8 @@ from ..seeding import stable_hash
 from . import checkpoint as ckpt
 from .batch import chunked_forward, critic_forward, minibatch_indices, pack, policy_forward
 from .config import TrainConfig, to_yaml
-from .core import AdaptiveKLController, FixedKLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
+from .core import (AdaptiveKLController, FixedKLController, gae, leave_one_out, masked_mean, per_token_rewards, policy_loss,
+                   reward_to_go, value_loss, whiten)
 from .distributed import all_reduce_mean, broadcast_object, process_group, rank_and_world
 from .records import Rollout, ScoredRollout
 
@@ -126,7 +127,9 @@ class PPOTrainer:
 
         policy = load_policy(policy_path, cfg.policy.lora)
         self.ref = ReferencePolicy(policy, cfg.policy.lora.enabled)
-        critic = load_critic(policy_path, cfg.critic.init, reward_model_path, cfg.critic.lora)
+        # RLOO needs no critic: its baseline is the other samples of the same prompt.
+        critic = (load_critic(policy_path, cfg.critic.init, reward_model_path, cfg.critic.lora)
+                  if cfg.ppo.advantage == "gae" else None)
         ds_cfg = _ds_config(cfg, cfg.ppo.minibatch_size)
 
         def engine_for(model, lr):
@@ -137,7 +140,7 @@ class PPOTrainer:
             return eng
 
         self.actor = engine_for(policy, cfg.ppo.lr)
-        self.critic = engine_for(critic, cfg.ppo.critic_lr)
+        self.critic = engine_for(critic, cfg.ppo.critic_lr) if critic is not None else None
         kl = cfg.ppo.kl
         self.kl_ctl = (AdaptiveKLController(kl.init, kl.target, kl.horizon) if kl.type == "adaptive"
                        else FixedKLController(kl.init))
@@ -200,17 +203,21 @@ class PPOTrainer:
         resp = [rollout.response_ids[i] or [self.tokenizer.eos_token_id] for i in shard]
         # Tensors live where the engines' parameters do (the GPU on a GPU run; CPU otherwise).
         batch = pack([rollout.prompt_ids[i] for i in shard], resp, self.pad_id).to(self.actor.device)
-        scores = torch.tensor([scored.rewards[i].total for i in shard], dtype=torch.float32, device=self.actor.device)
+        scores = torch.tensor([r.total for r in scored.rewards], dtype=torch.float32)
+        if cfg.ppo.advantage == "rloo":  # on the whole rollout: a prompt's samples may sit on different ranks
+            scores = leave_one_out(scores, cfg.rollout.samples_per_prompt)
+        scores = scores[shard].to(self.actor.device)
 
         # 4. log pi_old, log pi_ref, V_old on exactly the sampled tokens
         t = time.time()
         with torch.no_grad():
             self.actor.eval()
-            self.critic.eval()
             old_logprobs = self._chunked(lambda b: policy_forward(self.actor, b), batch)
             with self.ref.context(self.actor.module):
                 ref_logprobs = self._chunked(lambda b: policy_forward(self.ref.model(self.actor.module), b), batch)
-            old_values = self._chunked(lambda b: critic_forward(self.critic, b), batch)
+            if self.critic is not None:
+                self.critic.eval()
+                old_values = self._chunked(lambda b: critic_forward(self.critic, b), batch)
         timings["ref_critic_passes"] = time.time() - t
         mask = batch.resp_mask
         engine_lp = torch.zeros_like(old_logprobs)
@@ -219,16 +226,20 @@ class PPOTrainer:
             engine_lp[k, : len(lp)] = torch.tensor(lp[: engine_lp.shape[1]], dtype=torch.float32)
         logprob_gap = masked_mean((engine_lp - old_logprobs).abs(), mask).item()
 
-        # 5. rewards, GAE, whitening
+        # 5. rewards, advantages (GAE with the critic, or RLOO's reward-to-go), whitening
         rewards, kl = per_token_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value)
-        advantages, returns = gae(old_values, rewards, mask, cfg.ppo.gamma, cfg.ppo.lam)
+        if self.critic is not None:
+            advantages, returns = gae(old_values, rewards, mask, cfg.ppo.gamma, cfg.ppo.lam)
+        else:
+            advantages = reward_to_go(rewards, mask, cfg.ppo.gamma)
         if cfg.ppo.whiten_advantages:
             advantages = whiten(advantages, mask)
 
         # 6. PPO epochs over minibatches
         t = time.time()
         self.actor.train()
-        self.critic.train()
+        if self.critic is not None:
+            self.critic.train()
         stats = defaultdict(list)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, "minibatches"))
         for _ in range(cfg.ppo.epochs):
@@ -240,12 +251,14 @@ class PPOTrainer:
                 loss = pg_loss - cfg.ppo.ent_coef * ent
                 self.actor.backward(loss)
                 self.actor.step()
-                values = critic_forward(self.critic, mb)
-                vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], mb.resp_mask, cfg.ppo.clip_range_value)
-                self.critic.backward(cfg.ppo.vf_coef * vf_loss)
-                self.critic.step()
-                for k, v in {**pg_stats, **vf_stats, "policy/loss": pg_loss.item(), "value/loss": vf_loss.item(),
-                             "policy/entropy": ent.item()}.items():
+                step_stats = {**pg_stats, "policy/loss": pg_loss.item(), "policy/entropy": ent.item()}
+                if self.critic is not None:
+                    values = critic_forward(self.critic, mb)
+                    vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], mb.resp_mask, cfg.ppo.clip_range_value)
+                    self.critic.backward(cfg.ppo.vf_coef * vf_loss)
+                    self.critic.step()
+                    step_stats.update(vf_stats, **{"value/loss": vf_loss.item()})
+                for k, v in step_stats.items():
                     stats[k].append(v)
         timings["training"] = time.time() - t
 
@@ -338,7 +351,8 @@ class PPOTrainer:
         if d is not None:
             d.barrier()
         self.actor.save_checkpoint(str(staging / "actor"), tag="state")
-        self.critic.save_checkpoint(str(staging / "critic"), tag="state")
+        if self.critic is not None:
+            self.critic.save_checkpoint(str(staging / "critic"), tag="state")
         write_json(staging / f"rng_rank{self.rank}.json", _encode_rng(ckpt.rng_state()))
         if d is not None:
             d.barrier()
@@ -359,7 +373,11 @@ class PPOTrainer:
         if not force:
             ckpt.check_identity(path, self.identity)
         self.actor.load_checkpoint(str(path / "actor"), tag="state")
-        self.critic.load_checkpoint(str(path / "critic"), tag="state")
+        if self.critic is not None:
+            if not (path / "critic").exists():
+                raise ValueError(f"{path} has no critic (it was saved with ppo.advantage=rloo); resume it with "
+                                 "ppo.advantage=rloo, or start a new run_dir")
+            self.critic.load_checkpoint(str(path / "critic"), tag="state")
         state = json.loads((path / "trainer_state.json").read_text())
         self.step = state["step"]
         self.prompts.load_state_dict(state["prompts"])
