@@ -144,8 +144,29 @@ def test_rloo_step_has_no_critic_and_moves_each_prompt_toward_its_better_sample(
         moved += 1
     assert moved, f"every prompt's two samples scored alike: {scored.scores}"
 
+    # the dev split's metrics: greedy answers scored by the training reward, running statistics untouched
+    moments = dict(trainer.reward_fn.moments.state_dict())
+    dev = trainer.dev_metrics(prompts)
+    assert dev["dev/n"] == 2 and dev["dev/rbr"] is None and math.isfinite(dev["dev/reward_total"])
+    assert dev["dev/reward_total"] == pytest.approx(dev["dev/rm"]) and dev["dev/response_tokens"] > 0
+    assert trainer.reward_fn.moments.state_dict() == moments
+    assert trainer.dev_metrics(prompts) == dev  # greedy: the same answers again
+
     # checkpoints hold no critic, and resume without one; a GAE run refuses to resume from them
     path = trainer.save_checkpoint()
     assert (path / "actor").is_dir() and not (path / "critic").exists()
     trainer.load_checkpoint(path)
     assert trainer.step == 1
+
+
+def test_dev_split_is_seeded_disjoint_and_refuses_to_take_everything():
+    from rbr_rlhf.ppo.prompts import split_dev
+
+    rows = [{"conversation": [{"role": "user", "content": str(i)}], "category": None} for i in range(20)]
+    train, dev = split_dev(rows, 5, seed=3)
+    assert len(train) == 15 and len(dev) == 5
+    assert {r["conversation"][0]["content"] for r in train}.isdisjoint(r["conversation"][0]["content"] for r in dev)
+    assert split_dev(rows, 5, seed=3) == (train, dev) and split_dev(rows, 5, seed=4)[1] != dev
+    assert split_dev(rows, 0, seed=3) == (rows, [])
+    with pytest.raises(ValueError, match="no training prompts"):
+        split_dev(rows, 20, seed=3)

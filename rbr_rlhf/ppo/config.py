@@ -163,6 +163,7 @@ class DataConfig:
     xstest: Optional[str] = None           # xstest_prompts.csv
     xstest_limit: int = 24            # XSTest prompts evaluated
     limit: Optional[int] = None       # read at most this many prompts per file
+    dev_prompts: int = 0              # training prompts held out as a dev split (seeded); the training reward of the policy's greedy answers to them is logged as dev/* every evaluation.dev_every steps
 
 
 @dataclass
@@ -174,6 +175,7 @@ class EvaluationConfig:
     max_tokens: Optional[int] = None  # new tokens per evaluation completion (null: rollout.max_tokens)
     resamples: int = 1000             # bootstrap resamples of each 95% interval
     seed: int = 0                     # bootstrap seed
+    dev_every: int = 4                # score the dev split (data.dev_prompts) before training, every this many steps and at the end
 
 
 @dataclass

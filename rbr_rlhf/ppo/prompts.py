@@ -15,6 +15,20 @@ def _fits(tokenizer, max_tokens: int):
     return lambda r: len(chat_prompt_ids(tokenizer, r["conversation"])) <= max_tokens
 
 
+def split_dev(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training rows, dev rows): ``n`` rows drawn by ``seed`` are held out of training. The training reward
+    of the policy's answers to them, measured as training goes, tells learning from drift without reading
+    any held-out evaluation prompt (docs/experiment.md)."""
+    import numpy as np
+
+    if n <= 0:
+        return rows, []
+    if n >= len(rows):
+        raise ValueError(f"data.dev_prompts={n} would leave no training prompts (there are {len(rows)})")
+    dev = set(np.random.default_rng(seed).choice(len(rows), size=n, replace=False).tolist())
+    return [r for i, r in enumerate(rows) if i not in dev], [r for i, r in enumerate(rows) if i in dev]
+
+
 def load_prompts(cfg: TrainConfig, rules, tokenizer=None) -> tuple[list[dict], list[dict]]:
     """Training and evaluation prompts. Prompts longer than ``data.max_prompt_tokens`` (chat-templated)
     are left out: on CPU one long multi-turn prompt costs more than the rest of the batch."""

@@ -23,6 +23,9 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path:
               ("KL", ["kl/sequence_mean", "kl/coef"]),
               ("safety", ["safety/refusal_rate_comply"] + sorted({k for r in rows for k in r if k.startswith("classes/hard_refuse/")})),
               ("losses", ["policy/loss", "value/loss", "policy/clipfrac"])]
+    if any(k.startswith("dev/") for r in rows for k in r):  # data.dev_prompts: the same prompts each time
+        panels.insert(1, ("dev split (greedy)", [k for k in ("dev/reward_total", "dev/rm", "dev/rbr", "dev/safety_rm")
+                                                 if any(r.get(k) is not None for r in rows)]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
     for ax, (title, keys) in zip(axes, panels):
         # Short labels ("reward/total" -> "total") unless that would make two alike ("policy/loss", "value/loss").

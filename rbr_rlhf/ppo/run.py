@@ -38,7 +38,7 @@ def train(cfg: TrainConfig) -> dict:
     from .assets import build_assets, ensure_reward_model, ensure_safety_reward_model, rbr_weights_fingerprint
     from .distributed import barrier, init_distributed, rank_and_world
     from .evaluate import RunEvaluation
-    from .prompts import load_prompts
+    from .prompts import load_prompts, split_dev
     from .report import plot_metrics
     from .rewards import RewardFunction
     from .rundir import PhaseClock, StopRequest, check_run_dir, write_summary
@@ -87,6 +87,7 @@ def train(cfg: TrainConfig) -> dict:
                                    safety_rm, cfg.safety_reward_model.weight)
         tokenizer = AutoTokenizer.from_pretrained(policy_path)
         prompts, eval_rows = load_prompts(cfg, rules, tokenizer)
+        prompts, dev_rows = split_dev(prompts, cfg.data.dev_prompts, cfg.seed)
         trainer = PPOTrainer(cfg, rules, services.engine, reward_fn, prompts, tokenizer, policy_path, rm_path, weights_fp)
         trainer.start_logging()
         if cfg.resume:
@@ -109,7 +110,11 @@ def train(cfg: TrainConfig) -> dict:
             elif before_file.exists():  # resumed: the start was evaluated by the first attempt
                 summary["before"] = json.loads(before_file.read_text())
 
-        # 5. train
+        # 5. train (the dev split, when there is one, is scored before the first step and every few steps)
+        dev_every = max(1, cfg.evaluation.dev_every)
+        if rank == 0 and dev_rows and trainer.step == 0:
+            with clock("dev", echo=False):
+                trainer.log({"step": 0, **trainer.dev_metrics(dev_rows)})
         bar = tqdm(total=cfg.total_steps, initial=trainer.step, desc="RBR-PPO", unit="step", file=sys.stderr,
                    disable=rank != 0)
         stop = StopRequest(run_dir).install()
@@ -117,6 +122,9 @@ def train(cfg: TrainConfig) -> dict:
             while trainer.step < cfg.total_steps:
                 with clock("train", echo=False):
                     metrics = step_with_recovery(trainer, services)
+                if rank == 0 and dev_rows and (trainer.step % dev_every == 0 or trainer.step == cfg.total_steps):
+                    with clock("dev", echo=False):
+                        metrics.update(trainer.dev_metrics(dev_rows))
                 trainer.log(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl=f"{metrics['kl/sequence_mean']:.3f}")

@@ -181,6 +181,23 @@ class PPOTrainer:
         timings["scoring"] = time.time() - t
         return ScoredRollout(rollout, scored.records(), timings)
 
+    def dev_metrics(self, rows: list[dict]) -> dict:
+        """The training reward of the policy's greedy answers to the dev split (rank 0), as ``dev/*`` metrics.
+        The same prompts every time, so a rise is learning, not a luckier prompt mix; the reward's running
+        statistics are not updated."""
+        gens = self.engine.generate([r["conversation"] for r in rows], n=1, temperature=0.0,
+                                    max_tokens=self.cfg.rollout.max_tokens)
+        scored = self.reward_fn([r["conversation"] for r in rows], [g.text for g in gens],
+                                [r.get("category") for r in rows], update_stats=False)
+        r_rbr = scored.r_rbr[~np.isnan(scored.r_rbr)]
+        m = {"dev/reward_total": float(np.mean(scored.raw_total)), "dev/rm": float(np.mean(scored.r_rm)),
+             "dev/rbr": float(np.mean(r_rbr)) if len(r_rbr) else None,
+             "dev/response_tokens": float(np.mean([len(g.token_ids) for g in gens])), "dev/n": len(rows)}
+        if scored.r_safety is not None:
+            r_safety = scored.r_safety[~np.isnan(scored.r_safety)]
+            m["dev/safety_rm"] = float(np.mean(r_safety)) if len(r_safety) else None
+        return m
+
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank (the trainer's ranks decide together: rollouts, stop requests)."""
         return broadcast_object(obj)
