@@ -8,6 +8,7 @@ length reward model with no RBR term.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -157,6 +158,19 @@ def test_rloo_step_has_no_critic_and_moves_each_prompt_toward_its_better_sample(
     assert (path / "actor").is_dir() and not (path / "critic").exists()
     trainer.load_checkpoint(path)
     assert trainer.step == 1
+    from rbr_rlhf.ppo import checkpoint as ckpt
+
+    with pytest.raises(ValueError, match="different advantage"):
+        ckpt.check_identity(path, {**trainer.identity, "advantage": "gae"})
+    with pytest.raises(ValueError, match="different dev_prompts"):
+        ckpt.check_identity(path, {**trainer.identity, "dev_prompts": 16})
+    # a manifest written before these keys existed was a GAE run without a dev split
+    manifest = json.loads((path / ckpt.MARKER).read_text())
+    old = {k: v for k, v in manifest.items() if k not in ("advantage", "dev_prompts")}
+    (path / ckpt.MARKER).write_text(json.dumps(old))
+    ckpt.check_identity(path, {**trainer.identity, "advantage": "gae"})
+    with pytest.raises(ValueError, match="different advantage"):
+        ckpt.check_identity(path, trainer.identity)
 
 
 def test_dev_split_is_seeded_disjoint_and_refuses_to_take_everything():

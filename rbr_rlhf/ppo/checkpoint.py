@@ -80,18 +80,24 @@ def read_manifest(ckpt: Path) -> dict:
     return json.loads((ckpt / MARKER).read_text())
 
 
+# Identity keys added after checkpoints existed: a manifest without one was made with this value.
+IDENTITY_DEFAULTS = {"advantage": "gae", "dev_prompts": 0}
+
+
 def run_identity(rules, policy_path: str, reward_model_path: str | None, rbr_weights_fingerprint: str | None,
-                 safety_reward_model_path: str | None) -> dict:
-    """What a checkpoint was trained with (its manifest holds it; a resume must match it)."""
+                 safety_reward_model_path: str | None, advantage: str = "gae", dev_prompts: int = 0) -> dict:
+    """What a checkpoint was trained with (its manifest holds it; a resume must match it). ``advantage``
+    decides whether the checkpoint holds a critic; ``dev_prompts`` which prompts the saved stream position
+    indexes into."""
     return {"rules_fingerprint": rules.fingerprint, "policy": policy_path,
             "reward_model": reward_model_path, "rbr_weights": rbr_weights_fingerprint,
-            "safety_reward_model": safety_reward_model_path}
+            "safety_reward_model": safety_reward_model_path, "advantage": advantage, "dev_prompts": dev_prompts}
 
 
 def check_identity(ckpt: Path, identity: dict) -> None:
     """Refuse a checkpoint made with another rule set, policy, reward model or RBR weights than ``identity``."""
     manifest = read_manifest(ckpt)
-    changed = sorted(k for k in identity if manifest.get(k) != identity[k])
+    changed = sorted(k for k in identity if manifest.get(k, IDENTITY_DEFAULTS.get(k)) != identity[k])
     if changed:
         raise ValueError(f"checkpoint {ckpt} was made with a different {', '.join(changed)} "
                          f"({ {k: manifest.get(k) for k in changed} } vs now { {k: identity[k] for k in changed} }); "

@@ -22,7 +22,8 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path:
                               + (["reward/safety_rm"] if any(r.get("reward/safety_rm") is not None for r in rows) else [])),
               ("KL", ["kl/sequence_mean", "kl/coef"]),
               ("safety", ["safety/refusal_rate_comply"] + sorted({k for r in rows for k in r if k.startswith("classes/hard_refuse/")})),
-              ("losses", ["policy/loss", "value/loss", "policy/clipfrac"])]
+              ("losses", [k for k in ("policy/loss", "value/loss", "policy/clipfrac")  # no value/loss without a critic
+                          if any(r.get(k) is not None for r in rows)])]
     if any(k.startswith("dev/") for r in rows for k in r):  # data.dev_prompts: the same prompts each time
         panels.insert(1, ("dev split (greedy)", [k for k in ("dev/reward_total", "dev/rm", "dev/rbr", "dev/safety_rm")
                                                  if any(r.get(k) is not None for r in rows)]))

@@ -62,7 +62,8 @@ def train(cfg: TrainConfig) -> dict:
         if path is not None and (path / ckpt.MARKER).exists() and (not weights or Path(weights).exists()):
             ckpt.check_identity(path, ckpt.run_identity(rules, policy_path, cfg.reward_model.path,
                                                         rbr_weights_fingerprint(weights, rules),
-                                                        cfg.safety_reward_model.path))
+                                                        cfg.safety_reward_model.path, cfg.ppo.advantage,
+                                                        cfg.data.dev_prompts))
     with Services(cfg, rules, policy_path) as services:
         # 2. assets (rank 0), cached after the first run. The RM trains before the rollout server takes
         # memory; `rbr build` and the policy's answers to unsafe prompts write through the rollout server.
@@ -112,6 +113,8 @@ def train(cfg: TrainConfig) -> dict:
 
         # 5. train (the dev split, when there is one, is scored before the first step and every few steps)
         dev_every = max(1, cfg.evaluation.dev_every)
+        if rank == 0 and trainer.step == 0:
+            trainer.clear_metrics()  # lines of an earlier attempt that died before its first whole checkpoint
         if rank == 0 and dev_rows and trainer.step == 0:
             with clock("dev", echo=False):
                 trainer.log({"step": 0, **trainer.dev_metrics(dev_rows)})

@@ -118,7 +118,7 @@ class PPOTrainer:
         self.rank, self.world = rank_and_world()
         self.run_dir = Path(cfg.run_dir)
         self.identity = ckpt.run_identity(rules, policy_path, reward_model_path, rbr_weights_fingerprint,
-                                          cfg.safety_reward_model.path)
+                                          cfg.safety_reward_model.path, cfg.ppo.advantage, cfg.data.dev_prompts)
         torch.manual_seed(cfg.seed)
         n_samples = cfg.ppo.prompts_per_step * cfg.rollout.samples_per_prompt
         if n_samples % self.world or (n_samples // self.world) % cfg.ppo.minibatch_size:
@@ -408,6 +408,10 @@ class PPOTrainer:
         self.resync_weights(version=state["weight_version"])
         self._truncate_metrics(self.step)
         log.warning("resumed from %s at step %d (rollout weight version now %s)", path, self.step, self.weight_version)
+
+    def clear_metrics(self) -> None:
+        """Start metrics.jsonl afresh (a run at step 0: lines of an attempt with no whole checkpoint go)."""
+        self._truncate_metrics(-1)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metrics lines of steps after the checkpoint: they are redone, and metrics.jsonl keeps one
