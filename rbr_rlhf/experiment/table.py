@@ -58,13 +58,18 @@ def collect(cfg: ExperimentConfig) -> tuple[dict[str, dict], list[str]]:
     return rows, missing
 
 
+def _independence(flag) -> str:
+    """A row's judge vs its reward: an arm without an RBR term has no reward grader to be independent of."""
+    return {True: "yes", False: "NO, the judge is the reward's grader"}.get(flag, "no grader in the reward")
+
+
 def build_table(rows: dict[str, dict], goals: list[str] = (), missing: list[str] = ()) -> dict:
     """The table as data: per row its figures ({value, low, high, n}), its prompt count and the judge."""
     table = {"figures": [{"key": k, "name": n} for k, n in FIGURES],
              "rows": {name: figures_of(r) for name, r in rows.items()},
              "prompts": {name: r.get("prompts") for name, r in rows.items()},
              "judge": sorted({str((r.get("judge") or {}).get("spec")) for r in rows.values()}),
-             "independent": sorted({str((r.get("judge") or {}).get("independent")) for r in rows.values()}),
+             "independent": sorted({_independence((r.get("judge") or {}).get("independent")) for r in rows.values()}),
              "missing": list(missing)}
     table["goals"] = check_goals(table, goals)
     return table
