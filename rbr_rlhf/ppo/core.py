@@ -85,14 +85,8 @@ def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """R_t = sum_{t' >= t} gamma^(t'-t) r_t' over the response tokens (right padding: 0 past the end)."""
-    rewards = rewards * mask
-    returns = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
-    for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
-        returns[:, t] = running
-    return returns * mask
+    """R_t = sum_{t' >= t} gamma^(t'-t) r_t' over the response tokens: GAE with no critic (V = 0, lambda = 1)."""
+    return gae(torch.zeros_like(rewards), rewards, mask, gamma, 1.0)[0]
 
 
 def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:

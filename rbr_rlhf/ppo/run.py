@@ -115,9 +115,9 @@ def train(cfg: TrainConfig) -> dict:
         dev_every = max(1, cfg.evaluation.dev_every)
         if rank == 0 and trainer.step == 0:
             trainer.clear_metrics()  # lines of an earlier attempt that died before its first whole checkpoint
-        if rank == 0 and dev_rows and trainer.step == 0:
-            with clock("dev", echo=False):
-                trainer.log({"step": 0, **trainer.dev_metrics(dev_rows)})
+            if dev_rows:
+                with clock("dev", echo=False):
+                    trainer.log({"step": 0, **trainer.dev_metrics(dev_rows)})
         bar = tqdm(total=cfg.total_steps, initial=trainer.step, desc="RBR-PPO", unit="step", file=sys.stderr,
                    disable=rank != 0)
         stop = StopRequest(run_dir).install()
