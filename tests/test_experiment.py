@@ -38,7 +38,7 @@ def test_sft_trains_lora_and_writes_a_merged_policy(tiny_llama, tmp_path):
     out = tmp_path / "policy"
     assert main(["sft", "--data", str(tmp_path / "a.jsonl"), "--data", str(tmp_path / "b.jsonl"), "--out", str(out),
                  "--base", tiny_llama, "--max-steps", "2", "--batch-size", "2", "--lora-r", "4", "--lr", "1e-2",
-                 "--max-prompt-tokens", "100"]) == 0
+                 "--max-prompt-tokens", "100", "--target-modules", "q_proj,v_proj,down_proj"]) == 0
     info = json.loads((out / "sft_info.json").read_text())
     assert info["examples"] == 6 and info["dropped_long_prompts"] == 1 and info["steps"] == 2
     assert math.isfinite(info["train_loss"])
@@ -49,6 +49,25 @@ def test_sft_trains_lora_and_writes_a_merged_policy(tiny_llama, tmp_path):
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert set(before) == set(after)
     assert any(not torch.equal(before[k], after[k]) for k in before if "q_proj" in k)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "down_proj" in k)  # the MLP's adapters too
+    assert all(torch.equal(before[k], after[k]) for k in before if "k_proj" in k or "up_proj" in k)  # none here
+    assert info["config"]["target_modules"] == ["q_proj", "v_proj", "down_proj"]
+
+
+def test_an_existing_start_trained_otherwise_is_refused(tmp_path):
+    from rbr_rlhf.experiment.run import prepare, train_start
+
+    out = tmp_path / "start"
+    cfg = load_experiment(str(CPU), [f"sft.out={out}", f"out_dir={tmp_path / 'exp'}"])
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    saved = {"lr": cfg.sft.lr, "epochs": cfg.sft.epochs, "target_modules": list(cfg.sft.target_modules), "out": "elsewhere"}
+    (out / "sft_info.json").write_text(json.dumps({"config": saved, "steps": 3}))
+    assert train_start(cfg)["steps"] == 3  # the same settings: the start is reused as it is
+    saved["target_modules"] = ["q_proj"]
+    (out / "sft_info.json").write_text(json.dumps({"config": saved, "steps": 3}))
+    with pytest.raises(ValueError, match="sft.target_modules: \\['q_proj'\\] there"):
+        prepare(cfg)  # before any asset is built
 
 
 def test_sft_rows_must_end_with_an_answer(tmp_path):

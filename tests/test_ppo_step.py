@@ -107,6 +107,8 @@ def test_rloo_step_has_no_critic_and_moves_each_prompt_toward_its_better_sample(
         load_config(None, ["ppo.advantage=rloo"])
     with pytest.raises(ValueError, match="gae or rloo"):
         load_config(None, ["ppo.advantage=grpo"])
+    with pytest.raises(ValueError, match="multiple of 2"):  # shared-prompt rows: minibatches of whole prompts
+        load_config(None, ["rollout.samples_per_prompt=2", "ppo.minibatch_size=3"])
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "rollout.engine=transformers", "rollout.max_tokens=8",
                              "rollout.samples_per_prompt=2", "ppo.prompts_per_step=2", "ppo.minibatch_size=4",
@@ -119,7 +121,7 @@ def test_rloo_step_has_no_critic_and_moves_each_prompt_toward_its_better_sample(
     engine = TransformersEngine(tiny_llama)
     trainer = PPOTrainer(cfg, default_rules, engine, RewardFunction(default_rules, LengthRM(), None), prompts,
                          tokenizer, tiny_llama, None)
-    assert trainer.critic is None
+    assert trainer.critic is None and trainer.shared_rows  # each prompt and its 2 samples in one row
     seen = []
     broadcast = trainer.broadcast
     trainer.broadcast = lambda obj: seen.append(obj) or broadcast(obj)
@@ -152,6 +154,20 @@ def test_rloo_step_has_no_critic_and_moves_each_prompt_toward_its_better_sample(
     assert dev["dev/reward_total"] == pytest.approx(dev["dev/rm"]) and dev["dev/response_tokens"] > 0
     assert trainer.reward_fn.moments.state_dict() == moments
     assert trainer.dev_metrics(prompts) == dev  # greedy: the same answers again
+
+    # with an RBR term: per response type, the share of dev answers its grader calls ideal
+    from rbr_rlhf.rbr.score import RBRScore
+
+    class Scorer:  # the hard-refuse answer reads ideal, the comply one minimum_acceptable_style
+        def rbr_scores(self, items):
+            return [RBRScore(rt, 0.0, {}, {"ideal": 0.9 if rt == "hard_refuse" else 0.1, "minimum_acceptable_style": 0.5})
+                    for rt in ("hard_refuse" if it["category"] == "K-R" else "comply" for it in items)]
+
+    reward_fn, trainer.reward_fn = trainer.reward_fn, RewardFunction(default_rules, LengthRM(), Scorer())
+    safety = [{**prompts[0], "category": "K-R"}, {**prompts[1], "category": "C-C"}]
+    dev = trainer.dev_metrics(safety)
+    assert dev["dev/ideal/hard_refuse"] == 1.0 and dev["dev/ideal/comply"] == 0.0 and dev["dev/rbr"] == 0.0
+    trainer.reward_fn = reward_fn
 
     # checkpoints hold no critic, and resume without one; a GAE run refuses to resume from them
     path = trainer.save_checkpoint()

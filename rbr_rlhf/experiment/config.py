@@ -41,6 +41,7 @@ class ExperimentSFT:
     lr: float = 2e-4                  # learning rate (LoRA)
     batch_size: int = 8               # rows per step
     lora_r: int = 16                  # LoRA rank (0: full fine-tuning)
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules with LoRA adapters
     seed: int = 0                     # shuffling and initialisation
 
 

@@ -100,25 +100,41 @@ def train_start(cfg: ExperimentConfig) -> dict:
     from ..sft.train import SFTConfig, read_info, sft_done, train_sft
 
     s = cfg.sft
+    sft_cfg = SFTConfig(data=list(s.data), out=s.out, base=s.base or cfg.train.policy.model, limit=s.limit,
+                        max_length=s.max_length, max_prompt_tokens=s.max_prompt_tokens, epochs=s.epochs,
+                        max_steps=s.max_steps, lr=s.lr, batch_size=s.batch_size, lora_r=s.lora_r,
+                        target_modules=list(s.target_modules), seed=s.seed)
     if sft_done(s.out):
-        return read_info(s.out)
+        info = read_info(s.out)
+        check_same_settings(info.get("config", {}), sft_cfg, s.out)
+        return info
     missing = [p for p in s.data if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"sft.data: {missing} not found (rbr build's sft.jsonl is written by the prepare stage)")
     print(f"[experiment] SFT start -> {s.out}", flush=True)
-    info = train_sft(SFTConfig(data=list(s.data), out=s.out, base=s.base or cfg.train.policy.model, limit=s.limit,
-                               max_length=s.max_length, max_prompt_tokens=s.max_prompt_tokens, epochs=s.epochs,
-                               max_steps=s.max_steps, lr=s.lr,
-                               batch_size=s.batch_size, lora_r=s.lora_r, seed=s.seed))
+    info = train_sft(sft_cfg)
     print(f"[experiment] SFT: {info['examples']} rows, {info['steps']} steps, loss {info['first_loss']} -> "
           f"{info['last_loss']}", flush=True)
     return info
+
+
+def check_same_settings(saved: dict, wanted, out: str) -> None:
+    """An existing start must be the one the recipe asks for: arms trained from a start built with other
+    settings would not be the experiment the recipe describes."""
+    from dataclasses import asdict
+
+    wanted = asdict(wanted)
+    differ = sorted(k for k in wanted if k in saved and saved[k] != wanted[k] and k != "out")
+    if differ:
+        raise ValueError(f"the SFT start {out} was trained with other settings ({', '.join(f'sft.{k}: {saved[k]!r} there, {wanted[k]!r} now' for k in differ)}); "
+                         "delete the directory to retrain it, or set sft.out to a new one")
 
 
 def prepare(cfg: ExperimentConfig) -> None:
     from ..sft.train import sft_done
 
     if sft_done(cfg.sft.out):
+        train_start(cfg)  # checks that the start was built with these settings
         print(f"[experiment] the start {cfg.sft.out} exists: assets and SFT already done", flush=True)
         return
     start = time.time()

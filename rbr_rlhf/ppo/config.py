@@ -192,6 +192,7 @@ class PPOSettings:
     epochs: int = 2                   # PPO epochs over each batch
     minibatch_size: int = 4           # samples per minibatch, per rank
     minibatches: str = "random"       # random | by_length (minibatches of similar length, shuffled each epoch)
+    share_prompt: bool = True         # with rollout.samples_per_prompt > 1: a prompt and its samples in one row, the prompt computed once (ppo/batch.py)
     clip_range: float = 0.2           # policy ratio clip
     clip_range_value: float = 0.2     # value clip
     advantage: str = "gae"            # gae (a critic, Schulman et al.) | rloo (no critic: leave-one-out baseline over rollout.samples_per_prompt >= 2)
@@ -293,6 +294,11 @@ class TrainConfig:
         if self.ppo.advantage == "rloo" and self.rollout.samples_per_prompt < 2:
             raise ValueError("ppo.advantage=rloo compares the samples of one prompt: set rollout.samples_per_prompt "
                              f">= 2 (it is {self.rollout.samples_per_prompt})")
+        k = self.rollout.samples_per_prompt
+        if self.ppo.share_prompt and k > 1 and self.ppo.minibatch_size % k:
+            raise ValueError(f"ppo.share_prompt puts a prompt and its {k} samples (rollout.samples_per_prompt) in one row, "
+                             f"so ppo.minibatch_size ({self.ppo.minibatch_size}) must be a multiple of {k}; "
+                             "or set ppo.share_prompt=false")
 
 
 _ABSENT = object()

@@ -68,8 +68,9 @@ class ValueModel(nn.Module):
             nn.init.zeros_(self.value_head.weight)  # start at V = 0: no bias toward any return
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        extra = {} if position_ids is None else {"position_ids": position_ids}  # shared-prompt rows (ppo/batch.py)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         return self.value_head(hidden.float()).squeeze(-1)
 
 

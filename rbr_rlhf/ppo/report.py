@@ -27,6 +27,9 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path:
     if any(k.startswith("dev/") for r in rows for k in r):  # data.dev_prompts: the same prompts each time
         panels.insert(1, ("dev split (greedy)", [k for k in ("dev/reward_total", "dev/rm", "dev/rbr", "dev/safety_rm")
                                                  if any(r.get(k) is not None for r in rows)]))
+        ideal = sorted({k for r in rows for k in r if k.startswith("dev/ideal/")})
+        if ideal:  # the share of dev answers the reward's grader calls ideal, per response type
+            panels.insert(2, ("dev split: ideal class", ideal))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
     for ax, (title, keys) in zip(axes, panels):
         # Short labels ("reward/total" -> "total") unless that would make two alike ("policy/loss", "value/loss").

@@ -30,7 +30,7 @@ import torch
 from ..data import write_json
 from ..seeding import stable_hash
 from . import checkpoint as ckpt
-from .batch import chunked_forward, critic_forward, minibatch_indices, pack, policy_forward
+from .batch import chunked_forward, critic_forward, minibatch_indices, pack, pack_shared, policy_forward
 from .config import TrainConfig, to_yaml
 from .core import (AdaptiveKLController, FixedKLController, gae, leave_one_out, masked_mean, per_token_rewards, policy_loss,
                    reward_to_go, value_loss, whiten)
@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 
 def step_seed(seed: int, step: int, what: str) -> int:
     return stable_hash(seed, step, what)
+
+
+def shard_indices(n_samples: int, group: int, rank: int, world: int) -> list[int]:
+    """The samples a rank trains on: every world-th group of ``group`` consecutive samples (a prompt and
+    its samples when they share a row; single samples otherwise)."""
+    return [g * group + j for g in range(rank, n_samples // group, world) for j in range(group)]
 
 
 class PromptStream:
@@ -124,6 +130,11 @@ class PPOTrainer:
         if n_samples % self.world or (n_samples // self.world) % cfg.ppo.minibatch_size:
             raise ValueError(f"prompts_per_step x samples_per_prompt ({n_samples}) must split evenly into "
                              f"{self.world} ranks x minibatches of {cfg.ppo.minibatch_size}")
+        # A prompt and its samples in one row (ppo/batch.py pack_shared): ranks then shard whole prompts.
+        self.shared_rows = cfg.ppo.share_prompt and cfg.rollout.samples_per_prompt > 1
+        if self.shared_rows and cfg.ppo.prompts_per_step % self.world:
+            raise ValueError(f"ppo.share_prompt shards whole prompts: prompts_per_step ({cfg.ppo.prompts_per_step}) "
+                             f"must split evenly into {self.world} ranks (or set ppo.share_prompt=false)")
 
         policy = load_policy(policy_path, cfg.policy.lora)
         self.ref = ReferencePolicy(policy, cfg.policy.lora.enabled)
@@ -196,6 +207,14 @@ class PPOTrainer:
         if scored.r_safety is not None:
             r_safety = scored.r_safety[~np.isnan(scored.r_safety)]
             m["dev/safety_rm"] = float(np.mean(r_safety)) if len(r_safety) else None
+        # Per response type, the share of greedy answers the reward's grader puts in the ideal class: the
+        # style the RBR rewards, watched on training data (the held-out judge's Hard-Refusal-Style is not).
+        ideal = defaultdict(list)
+        for rt, top in zip(scored.response_types, scored.top_classes):
+            if rt is not None:
+                ideal[rt].append(top == self.rules.response_types[rt].ideal)
+        for rt, hits in sorted(ideal.items()):
+            m[f"dev/ideal/{rt}"] = float(np.mean(hits))
         return m
 
     def broadcast(self, obj):
@@ -215,11 +234,14 @@ class PPOTrainer:
         scored = self.broadcast(scored)
         rollout = scored.rollout
         timings = dict(scored.timings)
-        shard = list(range(self.rank, len(rollout), self.world))
+        k = cfg.rollout.samples_per_prompt
+        shard = shard_indices(len(rollout), k if self.shared_rows else 1, self.rank, self.world)
         # Responses with no tokens cannot be trained on; give them one EOS token (the engine ended at once).
         resp = [rollout.response_ids[i] or [self.tokenizer.eos_token_id] for i in shard]
+        prompt_ids = [rollout.prompt_ids[i] for i in shard]
+        batch = pack_shared(prompt_ids, resp, self.pad_id, k) if self.shared_rows else pack(prompt_ids, resp, self.pad_id)
         # Tensors live where the engines' parameters do (the GPU on a GPU run; CPU otherwise).
-        batch = pack([rollout.prompt_ids[i] for i in shard], resp, self.pad_id).to(self.actor.device)
+        batch = batch.to(self.actor.device)
         scores = torch.tensor([r.total for r in scored.rewards], dtype=torch.float32)
         if cfg.ppo.advantage == "rloo":  # on the whole rollout: a prompt's samples may sit on different ranks
             scores = leave_one_out(scores, cfg.rollout.samples_per_prompt)

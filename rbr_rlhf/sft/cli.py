@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lr", type=float, default=d.lr)
     s.add_argument("--batch-size", type=int, default=d.batch_size)
     s.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank (0: full fine-tuning)")
+    s.add_argument("--target-modules", default=",".join(d.target_modules),
+                   help="comma-separated modules that get LoRA adapters (e.g. add gate_proj,up_proj,down_proj for the MLP)")
     s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=run_sft)
@@ -33,7 +35,8 @@ def run_sft(args) -> int:
 
     cfg = SFTConfig(data=list(args.data), out=args.out, base=args.base, limit=args.limit, max_length=args.max_length,
                     max_prompt_tokens=args.max_prompt_tokens, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
-                    lora_r=args.lora_r, seed=args.seed)
+                    lora_r=args.lora_r, target_modules=[m.strip() for m in args.target_modules.split(",") if m.strip()],
+                    seed=args.seed)
     info = train_sft(cfg)
     print(f"policy -> {args.out}  ({info['examples']} rows, {info['steps']} steps, {info['train_seconds']} s, "
           f"loss {info['first_loss']} -> {info['last_loss']})")
