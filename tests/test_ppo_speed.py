@@ -153,7 +153,7 @@ def test_shared_rows_minibatches_and_chunks_take_whole_prompts():
         groups = minibatch_indices(shared, 3, mode, gen)
         assert sorted(sorted(g.tolist()) for g in groups) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     mb = shared.select(torch.tensor([3, 4, 5]))  # the 4-token prompt's row: 4 + 1 + 7 + 7 columns
-    assert mb.input_ids.shape == (1, 19) and mb.attention_mask.shape == (1, 1, 19, 19)
+    assert mb.input_ids.shape == (1, 19) and mb.model_inputs()["attention_mask"].shape == (1, 1, 19, 19)
     with torch.no_grad():
         whole = policy_forward(model, shared)
         assert torch.allclose(policy_forward(model, mb), whole[3:6], atol=1e-5)

@@ -8,8 +8,9 @@ model reads in one sequence of a forward pass:
   ``len(prompt_i) - 1 + j``.
 * ``pack_shared``: one *prompt* a row, with all k of its samples after it,
   ``prompt | response_1 | ... | response_k``, under a tree-shaped attention mask (each response sees the
-  prompt and itself, never its siblings) and position ids that restart every response at the prompt's
-  end. So the prompt is computed once instead of k times: with RLOO's 4 samples of ~94-token gold
+  prompt and itself, never its siblings; built from the row's segment ids for just the rows of one
+  forward pass, ``PackedBatch.model_inputs``) and position ids that restart every response at the
+  prompt's end. So the prompt is computed once instead of k times: with RLOO's 4 samples of ~94-token gold
   prompts and 48-token answers that is about half the tokens (``benchmarks/bench_shared_prompt.py``).
   Mathematically each sample sees exactly what it sees in its own row, so log-probabilities, values and
   gradients are the same (``tests/test_ppo_speed.py``). This needs an attention implementation that
@@ -30,13 +31,18 @@ import torch
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor       # [N, L] rows
-    attention_mask: torch.Tensor  # [N, L] (a sample a row) or [N, 1, L, L] bool (a prompt and its samples a row)
+    attention_mask: torch.Tensor  # [N, L] 1 on real tokens
     resp_index: torch.Tensor      # [S, R] positions, in the sample's row, of the logits predicting its response tokens
     resp_tokens: torch.Tensor     # [S, R]
     resp_mask: torch.Tensor       # [S, R] float, 1 on real response tokens
     sample_row: torch.Tensor      # [S] the row holding each sample
-    lengths: torch.Tensor         # [N] real (non-padding) tokens of each row
-    position_ids: torch.Tensor | None = None  # [N, L] shared rows only: each response continues at its prompt's end
+    segments: torch.Tensor | None = None      # [N, L] shared rows: 0 prompt, j the j-th response, -1 padding
+    position_ids: torch.Tensor | None = None  # [N, L] shared rows: each response continues at its prompt's end
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Real (non-padding) tokens of each row."""
+        return self.attention_mask.sum(1)
 
     def to(self, device) -> "PackedBatch":
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
@@ -54,11 +60,25 @@ class PackedBatch:
         idx = torch.as_tensor(idx, device=self.sample_row.device)
         rows, sample_row = torch.unique(self.sample_row[idx], return_inverse=True)
         width = max(int(self.lengths[rows].max()), 1) if rows.numel() else self.input_ids.shape[1]
-        attn = self.attention_mask[rows]
-        attn = attn[:, :width] if attn.dim() == 2 else attn[:, :, :width, :width]
-        return PackedBatch(self.input_ids[rows, :width], attn, self.resp_index[idx], self.resp_tokens[idx],
-                           self.resp_mask[idx], sample_row, self.lengths[rows],
-                           None if self.position_ids is None else self.position_ids[rows, :width])
+
+        def cut(t):
+            return None if t is None else t[rows, :width]
+
+        return PackedBatch(cut(self.input_ids), cut(self.attention_mask), self.resp_index[idx], self.resp_tokens[idx],
+                           self.resp_mask[idx], sample_row, cut(self.segments), cut(self.position_ids))
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments of the model's forward pass. Shared rows get their tree mask [N, 1, L, L] (True:
+        may attend), built here for just these rows: a position sees the earlier positions of the prompt
+        and of its own segment."""
+        if self.segments is None:
+            return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        L = self.segments.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=self.segments.device).tril()
+        q, k = self.segments.unsqueeze(2), self.segments.unsqueeze(1)
+        # Padding (-1) sees earlier padding and the prompt: never an empty row, which would make softmax NaN.
+        tree = causal & ((k == 0) | (k == q))
+        return {"input_ids": self.input_ids, "attention_mask": tree.unsqueeze(1), "position_ids": self.position_ids}
 
 
 def _response_tensors(response_ids: list[list[int]], pad_id: int):
@@ -85,7 +105,7 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
         attention[i, : len(seq)] = 1
         if r:
             resp_index[i, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
-    return PackedBatch(input_ids, attention, resp_index, resp_tokens, resp_mask, torch.arange(B), attention.sum(1))
+    return PackedBatch(input_ids, attention, resp_index, resp_tokens, resp_mask, torch.arange(B))
 
 
 def pack_shared(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, group_size: int) -> PackedBatch:
@@ -99,35 +119,32 @@ def pack_shared(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_
         if any(list(prompt_ids[g * k + j]) != list(prompt_ids[g * k]) for j in range(1, k)):
             raise ValueError(f"samples {g * k}..{g * k + k - 1} do not share one prompt: pack_shared needs each "
                              "prompt's samples next to each other")
-    lengths = torch.tensor([len(prompt_ids[g * k]) + sum(len(response_ids[g * k + j]) for j in range(k)) for g in range(N)])
-    L = int(lengths.max())
+    L = max(len(prompt_ids[g * k]) + sum(len(response_ids[g * k + j]) for j in range(k)) for g in range(N))
     input_ids = torch.full((N, L), pad_id, dtype=torch.long)
+    attention = torch.zeros((N, L), dtype=torch.long)
+    segments = torch.full((N, L), -1, dtype=torch.long)
     position_ids = torch.zeros((N, L), dtype=torch.long)
-    mask = torch.zeros((N, 1, L, L), dtype=torch.bool)
     resp_tokens, resp_mask, resp_index = _response_tensors(response_ids, pad_id)
-    sample_row = torch.arange(S) // k
     for g in range(N):
         p = list(prompt_ids[g * k])
         P = len(p)
         input_ids[g, :P] = torch.tensor(p)
+        segments[g, :P] = 0
         position_ids[g, :P] = torch.arange(P)
-        mask[g, 0, :P, :P] = torch.tril(torch.ones(P, P, dtype=torch.bool))
         off = P
-        for i in range(g * k, g * k + k):
+        for j, i in enumerate(range(g * k, g * k + k), start=1):
             r = list(response_ids[i])
             n = len(r)
             if not n:
                 continue
             input_ids[g, off:off + n] = torch.tensor(r)
+            segments[g, off:off + n] = j
             position_ids[g, off:off + n] = torch.arange(P, P + n)
-            mask[g, 0, off:off + n, :P] = True                                        # the prompt ...
-            mask[g, 0, off:off + n, off:off + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))  # ... and itself, causally
             resp_index[i, 0] = P - 1                     # the first token is predicted by the prompt's last position
             resp_index[i, 1:n] = torch.arange(off, off + n - 1)
             off += n
-        pad = torch.arange(off, L)
-        mask[g, 0, pad, pad] = True  # padding sees itself: a query with no key would make softmax NaN
-    return PackedBatch(input_ids, mask, resp_index, resp_tokens, resp_mask, sample_row, lengths, position_ids)
+        attention[g, :off] = 1
+    return PackedBatch(input_ids, attention, resp_index, resp_tokens, resp_mask, torch.arange(S) // k, segments, position_ids)
 
 
 def _row_chunks(batch: PackedBatch, samples: int, order: torch.Tensor) -> list[torch.Tensor]:
@@ -159,13 +176,6 @@ def chunked_forward(fn, batch: PackedBatch, size: int) -> torch.Tensor:
     return out[torch.argsort(torch.cat(chunks))]
 
 
-def _model_inputs(batch: PackedBatch) -> dict:
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    if batch.position_ids is not None:
-        inputs["position_ids"] = batch.position_ids
-    return inputs
-
-
 def policy_forward(model, batch: PackedBatch, with_entropy: bool = False):
     """log pi(response tokens) [S, R] (and per-token entropy) from one forward pass.
 
@@ -175,9 +185,9 @@ def policy_forward(model, batch: PackedBatch, with_entropy: bool = False):
     first = int(batch.resp_index[:, 0].min()) if batch.resp_index.numel() else 0
     keep = batch.input_ids.shape[1] - first
     try:
-        logits = model(**_model_inputs(batch), logits_to_keep=keep).logits
+        logits = model(**batch.model_inputs(), logits_to_keep=keep).logits
     except TypeError:  # a model without logits_to_keep: every position
-        logits, first = model(**_model_inputs(batch)).logits, 0
+        logits, first = model(**batch.model_inputs()).logits, 0
     pos = (batch.resp_index - first).clamp(min=0)  # padding entries (index 0) are masked below
     # Row-major flat index of (row of the sample, position): one gather for every sample's tokens.
     flat = batch.sample_row.unsqueeze(1) * logits.shape[1] + pos
@@ -190,5 +200,5 @@ def policy_forward(model, batch: PackedBatch, with_entropy: bool = False):
 
 
 def critic_forward(critic, batch: PackedBatch) -> torch.Tensor:
-    values = critic(**_model_inputs(batch))
+    values = critic(**batch.model_inputs())
     return values[batch.sample_row.unsqueeze(1), batch.resp_index] * batch.resp_mask
