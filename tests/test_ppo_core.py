@@ -42,6 +42,16 @@ def test_leave_one_out_subtracts_the_mean_of_the_other_samples_of_the_prompt():
         leave_one_out(scores, 4)
 
 
+def test_per_prompt_scale_gives_a_small_scale_prompt_the_weight_of_a_large_one():
+    from rbr_rlhf.ppo.core import scale_per_prompt
+
+    # a benign prompt whose R_rm differences are 0.1 wide, a safety prompt whose R_rbr differences are 4 wide
+    adv = leave_one_out(torch.tensor([0.05, -0.05, 2.0, -2.0]), 2)
+    out = scale_per_prompt(adv, 2)
+    torch.testing.assert_close(out, torch.tensor([1.0, -1.0, 1.0, -1.0]) * 0.5 ** 0.5, rtol=1e-4, atol=1e-4)
+    assert torch.equal(scale_per_prompt(torch.zeros(4), 2), torch.zeros(4))  # identical samples stay at 0
+
+
 def test_reward_to_go_is_gae_without_a_critic():
     rewards = torch.tensor([[0.1, -0.2, 2.0, 5.0], [0.3, 1.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])

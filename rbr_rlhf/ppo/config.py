@@ -196,6 +196,7 @@ class PPOSettings:
     clip_range: float = 0.2           # policy ratio clip
     clip_range_value: float = 0.2     # value clip
     advantage: str = "gae"            # gae (a critic, Schulman et al.) | rloo (no critic: leave-one-out baseline over rollout.samples_per_prompt >= 2)
+    rloo_scale: str = "batch"         # rloo only: batch (whitening alone) | prompt (each prompt's advantages over its own std first, as GRPO)
     gamma: float = 1.0                # GAE discount
     lam: float = 0.95                 # GAE lambda
     vf_coef: float = 0.5              # value loss weight
@@ -214,6 +215,8 @@ class PPOSettings:
             raise ValueError(f"ppo.minibatches must be random or by_length, got {self.minibatches!r}")
         if self.advantage not in ("gae", "rloo"):
             raise ValueError(f"ppo.advantage must be gae or rloo, got {self.advantage!r}")
+        if self.rloo_scale not in ("batch", "prompt"):
+            raise ValueError(f"ppo.rloo_scale must be batch or prompt, got {self.rloo_scale!r}")
 
 
 @dataclass

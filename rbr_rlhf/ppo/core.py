@@ -14,6 +14,7 @@ Style Optimization for Learning from Human Feedback"; OpenRLHF's ``advantage_est
 of each prompt are drawn and each sample's score is judged against the mean of its k - 1 siblings:
 
     leave-one-out      score_i - mean_{j != i} score_j          (over the samples of one prompt)
+    per prompt (opt.)  divided by the std of that prompt's leave-one-out scores (ppo.rloo_scale: prompt)
     returns            R_t = sum_{t' >= t} gamma^(t'-t) r_t'   (r_t as above, with that score); A_t = R_t
 """
 
@@ -82,6 +83,16 @@ def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     groups = scores.view(-1, group_size)
     baseline = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
     return (groups - baseline).reshape(scores.shape)
+
+
+def scale_per_prompt(advantages: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Each prompt's sequence advantages divided by the standard deviation of its samples' scores (GRPO's
+    normalisation, Shao et al. 2024). Why: when reward terms differ in scale by prompt type (R_rbr spans
+    about 4 on safety prompts, the helpful RM about 0.1 on benign ones), batch-level whitening leaves the
+    small-scale prompts almost no gradient; per prompt, every prompt's better samples count alike. The
+    cost (Liu et al. 2025, "Dr. GRPO"): prompts whose samples barely differ get their noise amplified."""
+    groups = advantages.view(-1, group_size)
+    return (groups / (groups.std(1, keepdim=True) + eps)).reshape(advantages.shape)
 
 
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:

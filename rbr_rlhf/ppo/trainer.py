@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from .batch import chunked_forward, critic_forward, minibatch_indices, pack, pack_shared, policy_forward
 from .config import TrainConfig, to_yaml
 from .core import (AdaptiveKLController, FixedKLController, gae, leave_one_out, masked_mean, per_token_rewards, policy_loss,
-                   reward_to_go, value_loss, whiten)
+                   reward_to_go, scale_per_prompt, value_loss, whiten)
 from .distributed import all_reduce_mean, broadcast_object, process_group, rank_and_world
 from .records import Rollout, ScoredRollout
 
@@ -245,6 +245,8 @@ class PPOTrainer:
         scores = torch.tensor([r.total for r in scored.rewards], dtype=torch.float32)
         if cfg.ppo.advantage == "rloo":  # on the whole rollout: a prompt's samples may sit on different ranks
             scores = leave_one_out(scores, cfg.rollout.samples_per_prompt)
+            if cfg.ppo.rloo_scale == "prompt":
+                scores = scale_per_prompt(scores, cfg.rollout.samples_per_prompt)
         scores = scores[shard].to(self.actor.device)
 
         # 4. log pi_old, log pi_ref, V_old on exactly the sampled tokens
