@@ -82,6 +82,8 @@ class PackedBatch:
 
 
 def _response_tensors(response_ids: list[list[int]], pad_id: int):
+    """[S, R] response tokens, their mask, and a zero ``resp_index`` for the packer to fill (its positions
+    depend on the row layout)."""
     S, R = len(response_ids), max(max((len(r) for r in response_ids), default=1), 1)
     resp_tokens = torch.full((S, R), pad_id, dtype=torch.long)
     resp_mask = torch.zeros((S, R))
