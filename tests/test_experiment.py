@@ -261,6 +261,26 @@ def test_table_of_an_unfinished_experiment_says_what_is_missing(tmp_path):
     assert "not measured yet: helpful-ppo, human-ppo, rbr-ppo" in (tmp_path / "table.md").read_text()
 
 
+def test_goals_say_whether_the_difference_exceeds_both_half_widths():
+    """Issue 18's test: the difference against the larger of the two half-widths (run 5's F1 figures)."""
+    from rbr_rlhf.experiment.table import check_goals, render_markdown
+
+    fig = lambda v, lo, hi: {"value": v, "low": lo, "high": hi, "n": 119}  # noqa: E731
+    table = {"figures": [{"key": "f1", "name": "F1"}], "judge": ["j"], "independent": ["yes"], "missing": [],
+             "prompts": {}, "rows": {"rbr": {"f1": fig(0.805, 0.728, 0.871)}, "helpful": {"f1": fig(0.641, 0.526, 0.750)},
+                                     "human": {"f1": fig(0.716, 0.610, 0.802)}}}
+    goals = check_goals(table, ["rbr.f1 > helpful.f1", "rbr.f1 > human.f1", "helpful.f1 > rbr.f1", "human.f1 < rbr.f1"])
+    assert [g["holds"] for g in goals] == [True, True, False, True]
+    # +0.164 > 0.112 (helpful's half-width); +0.089 < 0.096 (human's), though more than rbr's own 0.0715
+    assert [g["beyond_half_widths"] for g in goals] == [True, False, False, False]
+    assert [g["separated"] for g in goals] == [False, False, False, False]
+    assert goals[1]["half_width"] == pytest.approx(0.096) and goals[1]["difference"] == pytest.approx(0.089)
+    table["goals"] = goals
+    md = render_markdown(table)
+    assert "holds by 0.164, more than the larger half-width (0.112), intervals overlap" in md
+    assert "holds by 0.089, not more than the larger half-width (0.096)" in md
+
+
 # ---------------------------------------------------------------------------- SLURM
 def test_slurm_jobs_prepare_then_arms_then_table(capsys, tmp_path, monkeypatch):
     out = tmp_path / "exp"

@@ -78,8 +78,14 @@ def build_table(rows: dict[str, dict], goals: list[str] = (), missing: list[str]
 GOAL = re.compile(r"^\s*([\w.-]+)\.(\w+)\s*(>|<)\s*([\w.-]+)\.(\w+)\s*$")
 
 
+def _half_width(fig: dict) -> float:
+    return (fig["high"] - fig["low"]) / 2
+
+
 def check_goals(table: dict, goals: list[str]) -> list[dict]:
-    """``"rbr-ppo.f1 > helpful-ppo.f1"``: does the point estimate hold, and do the intervals overlap?"""
+    """``"rbr-ppo.f1 > helpful-ppo.f1"``: does the point estimate hold; is the difference larger than both
+    intervals' half-widths (``beyond_half_widths``, issue 18's test); are the intervals apart
+    (``separated``, stricter still)?"""
     out = []
     for goal in goals:
         m = GOAL.match(goal)
@@ -87,11 +93,13 @@ def check_goals(table: dict, goals: list[str]) -> list[dict]:
             raise ValueError(f"goal {goal!r}: write ARM.FIGURE > ARM.FIGURE (figures: {[k for k, _ in FIGURES]})")
         (a, fa, op, b, fb) = m.groups()
         left, right = table["rows"].get(a, {}).get(fa), table["rows"].get(b, {}).get(fb)
-        rec = {"goal": goal, "holds": None, "separated": None}
+        rec = {"goal": goal, "holds": None, "beyond_half_widths": None, "separated": None}
         if left and right and left.get("value") is not None and right.get("value") is not None:
-            holds = left["value"] > right["value"] if op == ">" else left["value"] < right["value"]
+            diff = left["value"] - right["value"] if op == ">" else right["value"] - left["value"]
             apart = left["low"] > right["high"] if op == ">" else left["high"] < right["low"]
-            rec.update(holds=bool(holds), separated=bool(apart), left=left["value"], right=right["value"])
+            half = max(_half_width(left), _half_width(right))
+            rec.update(holds=bool(diff > 0), beyond_half_widths=bool(diff > half), separated=bool(apart),
+                       left=left["value"], right=right["value"], difference=diff, half_width=half)
         out.append(rec)
     return out
 
@@ -116,8 +124,14 @@ def render_markdown(table: dict, title: str = "") -> str:
     if table["missing"]:
         lines.append(f"\nnot measured yet: {', '.join(table['missing'])}")
     for g in table["goals"]:
-        verdict = "not measured" if g["holds"] is None else (
-            ("holds" if g["holds"] else "does not hold") + (", intervals apart" if g["separated"] else ", intervals overlap"))
+        if g["holds"] is None:
+            verdict = "not measured"
+        else:
+            verdict = "holds" if g["holds"] else "does not hold"
+            if g["holds"]:
+                verdict += (f" by {g['difference']:.3f}, " + ("more" if g["beyond_half_widths"] else "not more")
+                            + f" than the larger half-width ({g['half_width']:.3f})")
+            verdict += ", intervals apart" if g["separated"] else ", intervals overlap"
         lines.append(f"\ngoal (set before the run) `{g['goal']}`: {verdict}")
     return "\n".join(lines)
 
