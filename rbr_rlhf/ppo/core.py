@@ -86,8 +86,8 @@ def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def scale_per_prompt(advantages: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """Each prompt's sequence advantages divided by the standard deviation of its samples' scores (GRPO's
-    normalisation, Shao et al. 2024). Why: when reward terms differ in scale by prompt type (R_rbr spans
+    """Each prompt's leave-one-out advantages divided by their own standard deviation. As the leave-one-out
+    score is k/(k-1) (s_i - mean), this is exactly GRPO's (s_i - mean) / std (Shao et al. 2024). Why: when reward terms differ in scale by prompt type (R_rbr spans
     about 4 on safety prompts, the helpful RM about 0.1 on benign ones), batch-level whitening leaves the
     small-scale prompts almost no gradient; per prompt, every prompt's better samples count alike. The
     cost (Liu et al. 2025, "Dr. GRPO"): prompts whose samples barely differ get their noise amplified."""
